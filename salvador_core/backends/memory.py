@@ -1,0 +1,286 @@
+"""`memory://`: the whole contract in one process, nothing durable.
+
+For users' own tests and demos. It is held to the same conformance suite as every other
+backend, leases and fencing included, so code tested against it behaves the same on a
+real server. Records are kept encoded, exactly as a server would hold them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from salvador_core.errors import ConflictError, LeaseLostError
+from salvador_core.task import (
+    Claim,
+    Page,
+    Task,
+    TaskStatus,
+    decode_task,
+    encode_task,
+    purge_statuses,
+    statuses_of,
+    utcnow,
+)
+
+
+@dataclass
+class _Lease:
+    workflow: str
+    receipt: str
+    deadline: float  # time.monotonic()
+
+
+class MemoryBackend:
+    """Store and queue in process memory; `memory://`. Each instance is its own world."""
+
+    max_payload_bytes: int | None = None
+
+    def __init__(self) -> None:
+        self._records: dict[str, bytes] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._ready: dict[str, deque[str]] = {}
+        self._delayed: dict[str, list[tuple[float, str]]] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._queued: dict[str, str] = {}  # task id -> workflow, while ready/delayed/leased
+        self._deliveries: dict[str, int] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryBackend:
+        if options:
+            raise TypeError(f"memory:// takes no options, got {sorted(options)}")
+        return cls()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> MemoryBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- store ---------------------------------------------------------------------------
+
+    async def create(self, task: Task) -> Task:
+        if task.idempotency_key is not None:
+            existing = self._idempotency.get((task.workflow, task.idempotency_key))
+            if existing is not None and existing in self._records:
+                return decode_task(self._records[existing], existing)
+        stored = task.evolve(version=1)
+        self._records[task.id] = encode_task(stored)
+        if task.idempotency_key is not None:
+            self._idempotency[(task.workflow, task.idempotency_key)] = task.id
+        return stored
+
+    async def get(self, task_id: str) -> Task | None:
+        raw = self._records.get(task_id)
+        return None if raw is None else decode_task(raw, task_id)
+
+    async def update(self, task: Task, expected_version: int) -> Task:
+        raw = self._records.get(task.id)
+        if raw is None:
+            raise ConflictError(task.id, expected_version, None)
+        current = decode_task(raw, task.id).version
+        if current != expected_version:
+            raise ConflictError(task.id, expected_version, current)
+        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        self._records[task.id] = encode_task(stored)
+        return stored
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: TaskStatus | Iterable[TaskStatus] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        wanted = statuses_of(status)
+        found: list[Task] = []
+        for task_id in sorted(self._records):
+            if cursor is not None and task_id <= cursor:
+                continue
+            try:
+                task = decode_task(self._records[task_id], task_id)
+            except Exception:
+                continue
+            if workflow is not None and task.workflow != workflow:
+                continue
+            if wanted is not None and task.status not in wanted:
+                continue
+            found.append(task)
+            if len(found) > limit:
+                break
+        more = len(found) > limit
+        page = found[:limit]
+        return Page(page, page[-1].id if more and page else None)
+
+    async def delete(self, task_id: str) -> bool:
+        raw = self._records.pop(task_id, None)
+        if raw is None:
+            return False
+        self._drop_from_queue(task_id)
+        self._idempotency = {k: v for k, v in self._idempotency.items() if v != task_id}
+        return True
+
+    async def purge(self, *, older_than: datetime, statuses: Iterable[TaskStatus]) -> int:
+        wanted = purge_statuses(statuses)
+        doomed = []
+        for task_id, raw in self._records.items():
+            try:
+                task = decode_task(raw, task_id)
+            except Exception:
+                continue
+            if task.status in wanted and task.updated_at < older_than:
+                doomed.append(task_id)
+        for task_id in doomed:
+            await self.delete(task_id)
+        return len(doomed)
+
+    async def quarantine(self, task: Task) -> Task:
+        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        self._records[task.id] = encode_task(stored)
+        return stored
+
+    # -- queue ---------------------------------------------------------------------------
+
+    async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
+        if task_id in self._queued:
+            return
+        self._queued[task_id] = workflow
+        delay = 0.0 if not_before is None else (not_before - utcnow()).total_seconds()
+        self._schedule(workflow, task_id, delay)
+
+    async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
+        give_up = time.monotonic() + max(0.0, wait)
+        while True:
+            now = time.monotonic()
+            self._reap(workflow, now)
+            ready = self._ready.get(workflow)
+            if ready:
+                task_id = ready.popleft()
+                receipt = secrets.token_hex(8)
+                self._leases[task_id] = _Lease(workflow, receipt, now + lease)
+                self._deliveries[task_id] = self._deliveries.get(task_id, 0) + 1
+                return Claim(
+                    task_id, workflow, receipt, self._deliveries[task_id], time.time() + lease
+                )
+            if now >= give_up:
+                return None
+            event = self._wakeups.setdefault(workflow, asyncio.Event())
+            nap = min(give_up, self._next_due(workflow, give_up)) - now
+            try:
+                await asyncio.wait_for(event.wait(), timeout=max(nap, 0.001))
+            except asyncio.TimeoutError:
+                pass
+
+    async def extend(self, claim: Claim, *, lease: float) -> Claim:
+        held = self._current_lease(claim)
+        held.deadline = time.monotonic() + lease
+        return Claim(
+            claim.task_id, claim.workflow, claim.receipt, claim.deliveries, time.time() + lease
+        )
+
+    async def ack(self, claim: Claim) -> None:
+        self._current_lease(claim)
+        self._drop_from_queue(claim.task_id)
+        self._deliveries.pop(claim.task_id, None)
+
+    async def release(self, claim: Claim, *, delay: float = 0.0) -> None:
+        self._current_lease(claim)
+        del self._leases[claim.task_id]
+        self._schedule(claim.workflow, claim.task_id, delay)
+
+    # -- backend ------------------------------------------------------------------------
+
+    async def submit(self, task: Task) -> Task:
+        stored = await self.create(task)
+        if stored.id == task.id:
+            await self.enqueue(task.workflow, task.id, not_before=task.not_before)
+        return stored
+
+    async def requeue(self, task: Task, expected_version: int) -> Task:
+        stored = await self.update(task, expected_version)
+        await self.enqueue(task.workflow, task.id, not_before=task.not_before)
+        return stored
+
+    # -- test back doors (used by the conformance suite) ----------------------------------
+
+    def write_raw(self, task_id: str, raw: bytes) -> None:
+        """Overwrite a record with arbitrary bytes (to test corrupt-record handling)."""
+        self._records[task_id] = raw
+
+    def expire_lease(self, task_id: str) -> None:
+        """Make the current lease on `task_id` expire now."""
+        if task_id in self._leases:
+            self._leases[task_id].deadline = 0.0
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _schedule(self, workflow: str, task_id: str, delay: float) -> None:
+        if delay > 0:
+            heapq.heappush(
+                self._delayed.setdefault(workflow, []), (time.monotonic() + delay, task_id)
+            )
+        else:
+            self._ready.setdefault(workflow, deque()).append(task_id)
+        self._wake(workflow)
+
+    def _wake(self, workflow: str) -> None:
+        event = self._wakeups.pop(workflow, None)
+        if event is not None:
+            event.set()
+
+    def _reap(self, workflow: str, now: float) -> None:
+        """Promote due delayed tasks and re-deliver expired leases, oldest first."""
+        delayed = self._delayed.get(workflow)
+        while delayed and delayed[0][0] <= now:
+            _, task_id = heapq.heappop(delayed)
+            if self._queued.get(task_id) == workflow:
+                self._ready.setdefault(workflow, deque()).append(task_id)
+        expired = [
+            task_id
+            for task_id, held in self._leases.items()
+            if held.workflow == workflow and held.deadline <= now
+        ]
+        for task_id in expired:
+            del self._leases[task_id]
+            self._ready.setdefault(workflow, deque()).append(task_id)
+
+    def _next_due(self, workflow: str, default: float) -> float:
+        times = [d for d, _ in self._delayed.get(workflow, ())[:1]]
+        times += [h.deadline for h in self._leases.values() if h.workflow == workflow]
+        return min(times, default=default)
+
+    def _current_lease(self, claim: Claim) -> _Lease:
+        held = self._leases.get(claim.task_id)
+        if held is None or held.receipt != claim.receipt:
+            raise LeaseLostError(claim.task_id, "it was re-delivered or acked")
+        if held.deadline <= time.monotonic():
+            raise LeaseLostError(claim.task_id, "it expired")
+        return held
+
+    def _drop_from_queue(self, task_id: str) -> None:
+        workflow = self._queued.pop(task_id, None)
+        self._leases.pop(task_id, None)
+        if workflow is not None:
+            ready = self._ready.get(workflow)
+            if ready and task_id in ready:
+                ready.remove(task_id)
+            delayed = self._delayed.get(workflow)
+            if delayed:
+                self._delayed[workflow] = [e for e in delayed if e[1] != task_id]
+                heapq.heapify(self._delayed[workflow])

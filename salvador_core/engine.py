@@ -1,0 +1,931 @@
+"""The engine: submits tasks and runs workflows' steps, talking only to the protocols.
+
+One claimed task is handled by one `_Run`: load the record, take ownership with a fenced
+write, run the remaining steps (checkpointing each), and settle the task. A `ConflictError`
+or `LeaseLostError` anywhere means another worker owns the task now; the run stops
+touching it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from salvador_core.config import connect
+from salvador_core.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    CorruptRecordError,
+    InvalidStateError,
+    LeaseLostError,
+    SalvadorError,
+    StepCancelledError,
+    StepResultError,
+    StepTimeoutError,
+    TaskNotFoundError,
+    UnknownWorkflowError,
+)
+from salvador_core.protocols import Backend, TaskQueue, TaskStore
+from salvador_core.task import (
+    DEAD_LETTER_STATUSES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    TERMINAL_STATUSES,
+    Claim,
+    Page,
+    RecordVersionError,
+    Task,
+    TaskError,
+    TaskStatus,
+    check_size,
+    dump_json,
+    new_task_id,
+    quarantine_task,
+    utcnow,
+)
+from salvador_core.workflow import Step, StepContext, StepFn, Workflow, is_async
+
+log = logging.getLogger("salvador")
+
+#: How many claim loops one workflow gets at most; more only add idle connections.
+MAX_CLAIMERS_PER_WORKFLOW = 4
+
+
+class _Interrupted(Exception):
+    """A running step was stopped from outside: reason is 'cancelled', 'lost' or 'shutdown'."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Engine:
+    """Submits tasks and runs registered workflows against a store and a queue.
+
+    `concurrency` is how many tasks of each workflow this process runs at once. `lease` is
+    how long a claim lasts without a heartbeat (heartbeats run every lease/3), so a dead
+    worker's task is re-delivered after at most `lease` seconds. `poll_interval` bounds
+    each claim wait (waiting itself does not poll where the backend can wake workers).
+    `drain_timeout` is how long shutdown lets running steps finish before interrupting
+    them and releasing their tasks. `retention`, when set, purges terminal tasks older
+    than that many seconds.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue | None = None,
+        *,
+        workflows: Iterable[Workflow] = (),
+        concurrency: int = 1,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        drain_timeout: float = 30.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        retention: float | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        if lease <= 0 or poll_interval <= 0 or drain_timeout < 0:
+            raise ConfigurationError("lease and poll_interval must be > 0, drain_timeout >= 0")
+        if queue is None:
+            if not isinstance(store, TaskQueue):
+                raise ConfigurationError(
+                    f"{type(store).__name__} is only a store; pass a queue too: "
+                    "Engine(store, queue)"
+                )
+            queue = store
+        self.store = store
+        self.queue = queue
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.drain_timeout = drain_timeout
+        self.retention = retention
+        self.log = logger or log
+        backend_limit = getattr(store, "max_payload_bytes", None)
+        self.max_payload_bytes = min(max_payload_bytes, backend_limit or max_payload_bytes)
+        # One backend holding both halves makes submit and requeue atomic.
+        self._atomic: Backend | None = store if queue is store and isinstance(store, Backend) else None
+        self._workflows: dict[str, Workflow] = {}
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._opened = 0
+        self._stopping = asyncio.Event()
+        self._runs: set[_Run] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        for wf in workflows:
+            self.register(wf)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **options: Any) -> Engine:
+        """An engine on the backend at `url`, or `$SALVADOR_URL`, or the pair
+        `$SALVADOR_STORE_URL` + `$SALVADOR_QUEUE_URL`. `options` go to `Engine(...)`."""
+        if url is None and not os.environ.get("SALVADOR_URL"):
+            store_url = os.environ.get("SALVADOR_STORE_URL")
+            queue_url = os.environ.get("SALVADOR_QUEUE_URL")
+            if store_url and queue_url:
+                return cls(connect(store_url), connect(queue_url), **options)
+        return cls(connect(url), **options)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the backend(s). `async with engine` does this for you."""
+        if self._opened == 0:
+            await self.store.open()
+            if self.queue is not self.store:
+                await self.queue.open()
+        self._opened += 1
+
+    async def close(self) -> None:
+        if self._opened == 0:
+            return
+        self._opened -= 1
+        if self._opened == 0:
+            if self.queue is not self.store:
+                await self.queue.close()
+            await self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def register(self, workflow: Workflow) -> Workflow:
+        """Make `workflow` known to this engine, for submitting and for running."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"register() takes a Workflow, got {type(workflow).__name__}")
+        if not workflow.steps:
+            raise ConfigurationError(f"workflow {workflow.name!r} has no steps; add one first")
+        existing = self._workflows.get(workflow.name)
+        if existing is not None and existing is not workflow:
+            raise ConfigurationError(f"another workflow named {workflow.name!r} is registered")
+        self._workflows[workflow.name] = workflow
+        return workflow
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        return dict(self._workflows)
+
+    # -- producing and inspecting --------------------------------------------------------
+
+    async def submit(
+        self,
+        workflow: str | Workflow,
+        body: Any = b"",
+        *,
+        idempotency_key: str | None = None,
+        meta: dict[str, str] | None = None,
+        delay: float | timedelta | None = None,
+        not_before: datetime | None = None,
+    ) -> str:
+        """Store a new task and queue it; returns its id once it is durable.
+
+        `body` is bytes, a str (stored as UTF-8) or any JSON value. A repeated
+        `idempotency_key` for the same workflow returns the first task's id and creates
+        nothing. `delay` (seconds) or `not_before` hold delivery back until then.
+        """
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        if name not in self._workflows:
+            raise UnknownWorkflowError(name, list(self._workflows))
+        data = _body_bytes(body)
+        check_size(f"the body of a {name!r} task", data, self.max_payload_bytes)
+        if meta is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        ):
+            raise TypeError("meta must map strings to strings")
+        if delay is not None and not_before is not None:
+            raise ValueError("pass delay or not_before, not both")
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            not_before = utcnow() + timedelta(seconds=seconds) if seconds > 0 else None
+        if not_before is not None and not_before.tzinfo is None:
+            raise ValueError("not_before must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        task = Task(
+            id=new_task_id(),
+            workflow=name,
+            body=data,
+            meta=dict(meta or {}),
+            idempotency_key=idempotency_key,
+            not_before=not_before,
+        )
+        if self._atomic is not None:
+            stored = await self._atomic.submit(task)
+        else:
+            stored = await self.store.create(task)
+            if stored.id == task.id:
+                # A crash right here leaves a pending task that is not queued; the
+                # maintenance loop's repair pass finds and queues it.
+                await self.queue.enqueue(name, task.id, not_before=not_before)
+        return stored.id
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task as stored now, or None if there is no such task."""
+        return await self.store.get(task_id)
+
+    async def list_tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        status: TaskStatus | Iterable[TaskStatus] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of tasks, oldest first; pass `page.cursor` back for the next."""
+        return await self.store.list(workflow=workflow, status=status, limit=limit, cursor=cursor)
+
+    async def dead_letters(
+        self, workflow: str | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """Tasks that failed for good (`failed` or `compensated`), each with its reason in
+        `task.dead_letter` and the error in `task.error`."""
+        return await self.store.list(
+            workflow=workflow, status=DEAD_LETTER_STATUSES, limit=limit, cursor=cursor
+        )
+
+    async def requeue(self, task_id: str, *, from_step: int | str | None = None) -> Task:
+        """Run a failed, compensated or cancelled task again.
+
+        By default it resumes at the step that failed, keeping earlier results; if
+        compensations already undid earlier steps it starts over. `from_step` (an index or
+        a step name) chooses where to restart; results from that step on are dropped.
+        """
+        task = await self._get_existing(task_id)
+        if task.status not in DEAD_LETTER_STATUSES | {TaskStatus.CANCELLED}:
+            raise InvalidStateError(
+                f"task {task_id} is {task.status.value}; only failed, compensated or "
+                "cancelled tasks can be requeued"
+            )
+        if task.dead_letter == "corrupt-record":
+            raise InvalidStateError(
+                f"task {task_id} is a quarantined corrupt record (its raw bytes are its body); "
+                "submit a new task instead"
+            )
+        wf = self._workflows.get(task.workflow)
+        if wf is None:
+            raise UnknownWorkflowError(task.workflow, list(self._workflows))
+        index = _step_index(wf, from_step, default=0 if task.compensated else task.step)
+        kept = [s.name for s in wf.steps[:index]]
+        missing = [n for n in kept if n not in task.results]
+        if missing:
+            raise InvalidStateError(
+                f"cannot restart task {task_id} at step {index}: steps {missing} have no saved "
+                "result; choose an earlier from_step"
+            )
+        fresh = task.evolve(
+            status=TaskStatus.PENDING,
+            step=index,
+            results={n: task.results[n] for n in kept},
+            attempt=0,
+            error=None,
+            failures=(),
+            dead_letter=None,
+            compensated=(),
+            cancel_requested=False,
+            owner=None,
+            not_before=None,
+        )
+        if self._atomic is not None:
+            return await self._atomic.requeue(fresh, task.version)
+        stored = await self.store.update(fresh, task.version)
+        await self.queue.enqueue(stored.workflow, stored.id)
+        return stored
+
+    async def discard(self, task_id: str) -> bool:
+        """Delete a finished (terminal) task for good. False if it did not exist."""
+        task = await self.store.get(task_id)
+        if task is None:
+            return False
+        if not task.status.terminal:
+            raise InvalidStateError(
+                f"task {task_id} is {task.status.value}; cancel it first, then discard it"
+            )
+        return await self.store.delete(task_id)
+
+    async def cancel(self, task_id: str) -> Task:
+        """Cancel a task. A pending task never runs its next step; a running one is
+        interrupted at its next heartbeat. Completed steps are compensated where the
+        workflow says how. Finished tasks are left as they are. Returns the task."""
+        for _ in range(50):
+            task = await self._get_existing(task_id)
+            if task.status.terminal or task.cancel_requested:
+                return task
+            wf = self._workflows.get(task.workflow)
+            needs_worker = task.status in (TaskStatus.RUNNING, TaskStatus.COMPENSATING) or (
+                wf is not None and any(s.compensate for s in wf.steps[: task.step])
+            )
+            if needs_worker:
+                change = task.evolve(cancel_requested=True)
+            else:
+                change = task.evolve(
+                    status=TaskStatus.CANCELLED,
+                    error=_cancel_error(task),
+                    not_before=None,
+                    cancel_requested=True,
+                )
+            try:
+                return await self.store.update(change, task.version)
+            except ConflictError:
+                continue  # a worker wrote meanwhile; look again
+        raise SalvadorError(f"task {task_id} kept changing; cancel() gave up after 50 tries")
+
+    async def purge(
+        self,
+        older_than: float | timedelta | datetime,
+        statuses: Iterable[TaskStatus] = TERMINAL_STATUSES,
+    ) -> int:
+        """Delete terminal tasks last updated before `older_than` (a datetime, or an age in
+        seconds or as a timedelta). Returns how many were deleted."""
+        if isinstance(older_than, datetime):
+            cutoff = older_than
+        else:
+            age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
+            cutoff = utcnow() - age
+        return await self.store.purge(older_than=cutoff, statuses=statuses)
+
+    async def _get_existing(self, task_id: str) -> Task:
+        task = await self.store.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Claim and run tasks of every registered workflow until stopped.
+
+        Cancelling this coroutine, SIGTERM or SIGINT (with `handle_signals`, in the main
+        thread) drain gracefully: no new claims, running steps get `drain_timeout` to
+        finish, the rest are interrupted and released so other workers resume them now.
+        """
+        if not self._workflows:
+            raise ConfigurationError("no workflows registered; call engine.register(wf) first")
+        await self.open()
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.concurrency * len(self._workflows) + 4,
+            thread_name_prefix="salvador-step",
+        )
+        signals = _install_signal_handlers(loop, self._stopping.set) if handle_signals else []
+        claimers: list[asyncio.Task[None]] = []
+        for wf in self._workflows.values():
+            slots = asyncio.Semaphore(self.concurrency)
+            for _ in range(min(self.concurrency, MAX_CLAIMERS_PER_WORKFLOW)):
+                claimers.append(asyncio.create_task(self._claim_loop(wf, slots)))
+        upkeep = asyncio.create_task(self._maintenance_loop())
+        self.log.info(
+            "worker %s running %s (concurrency %d, lease %.1fs)",
+            self._worker_id, ", ".join(self._workflows), self.concurrency, self.lease,
+        )
+        try:
+            await self._stopping.wait()
+        finally:
+            self._stopping.set()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await asyncio.shield(self._drain(claimers, upkeep))
+
+    def stop(self) -> None:
+        """Ask a running `run()` to drain and return."""
+        self._stopping.set()
+
+    async def _drain(self, claimers: list[asyncio.Task[None]], upkeep: asyncio.Task[None]) -> None:
+        upkeep.cancel()
+        _, late = await asyncio.wait(claimers, timeout=self.poll_interval + 1.0)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*claimers, upkeep, return_exceptions=True)
+        runs = [r.handler for r in self._runs if r.handler is not None]
+        if runs:
+            self.log.info("draining %d running task(s), up to %.1fs", len(runs), self.drain_timeout)
+            _, pending = await asyncio.wait(runs, timeout=self.drain_timeout)
+            for r in list(self._runs):
+                r.interrupt("shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=max(self.lease / 3, 5.0))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        await self.close()
+        self.log.info("worker %s stopped", self._worker_id)
+
+    async def _claim_loop(self, wf: Workflow, slots: asyncio.Semaphore) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            await slots.acquire()
+            claim: Claim | None = None
+            try:
+                # Outer timeout: a dead connection must never hang a worker.
+                claim = await asyncio.wait_for(
+                    self.queue.claim(wf.name, lease=self.lease, wait=self.poll_interval),
+                    timeout=self.poll_interval + max(5.0, self.lease / 3),
+                )
+                failures = 0
+            except asyncio.CancelledError:
+                slots.release()
+                raise
+            except Exception as exc:
+                failures += 1
+                self.log.error(
+                    "claiming %r failed (%s); retrying in %.1fs",
+                    wf.name, _describe(exc), _backoff(failures),
+                )
+                await _sleep_unless(self._stopping, _backoff(failures))
+            if claim is None or self._stopping.is_set():
+                if claim is not None:
+                    await _quietly(self.queue.release(claim), self.log)
+                slots.release()
+                continue
+            run = _Run(self, wf, claim)
+            self._runs.add(run)
+            run.handler = asyncio.create_task(run.handle())
+            run.handler.add_done_callback(functools.partial(self._finished, run, slots))
+
+    def _finished(self, run: _Run, slots: asyncio.Semaphore, _: object) -> None:
+        self._runs.discard(run)
+        slots.release()
+
+    async def _maintenance_loop(self) -> None:
+        """Periodic upkeep: queue tasks a crash left unqueued (split store/queue only) and
+        purge terminal tasks past `retention`."""
+        interval = max(1.0, min(self.lease, 60.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._atomic is None:
+                    await self._requeue_orphans()
+                if self.retention is not None:
+                    purged = await self.purge(self.retention)
+                    if purged:
+                        self.log.info("retention: purged %d finished task(s)", purged)
+            except Exception as exc:
+                self.log.error("maintenance failed (%s); trying again later", _describe(exc))
+
+    async def _requeue_orphans(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.lease)
+        cursor = None
+        while True:
+            page = await self.store.list(status=TaskStatus.PENDING, limit=500, cursor=cursor)
+            for task in page.tasks:
+                if task.workflow in self._workflows and task.updated_at < cutoff:
+                    await self.queue.enqueue(task.workflow, task.id, not_before=task.not_before)
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def _call_in_thread(self, fn: StepFn, ctx: StepContext) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, fn, ctx)
+        return loop.run_in_executor(self._executor, call)
+
+
+class _Run:
+    """The handling of one claim, from loading the record to settling the task."""
+
+    def __init__(self, engine: Engine, wf: Workflow, claim: Claim) -> None:
+        self.engine = engine
+        self.wf = wf
+        self.claim = claim
+        self.owner = f"{engine._worker_id}/{secrets.token_hex(4)}"
+        self.task: Task | None = None
+        self.handler: asyncio.Task[None] | None = None
+        self.beat: asyncio.Task[None] | None = None
+        self.stop_reason: str | None = None
+        self.cancel = threading.Event()  # the running call's; each call gets a fresh one
+        self.step_future: asyncio.Future[Any] | None = None
+        self.beat_now = asyncio.Event()
+        self.compensating = False
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
+            engine.log, {"task_id": claim.task_id, "workflow": wf.name}
+        )
+
+    # -- the outline --------------------------------------------------------------------
+
+    async def handle(self) -> None:
+        try:
+            task = await self._load()
+            if task is not None:
+                await self._drive(task)
+        except (ConflictError, LeaseLostError) as exc:
+            self.log.warning(
+                "task %s: another worker owns it now (%s); stopped working on it",
+                self.claim.task_id, type(exc).__name__,
+            )
+        except (BackendUnavailableError, OSError, asyncio.TimeoutError) as exc:
+            self.log.error(
+                "task %s: backend failed (%s); its lease will expire and it will be retried",
+                self.claim.task_id, _describe(exc),
+            )
+        except Exception:
+            self.log.exception("task %s: internal error; its lease will expire", self.claim.task_id)
+        finally:
+            if self.beat is not None:
+                self.beat.cancel()
+                await asyncio.gather(self.beat, return_exceptions=True)
+
+    async def _load(self) -> Task | None:
+        """The claimed task, or None when there is nothing to run (handled here)."""
+        engine, claim = self.engine, self.claim
+        try:
+            task = claim.task or await engine.store.get(claim.task_id)
+        except CorruptRecordError as exc:
+            self.log.error("task %s: %s", claim.task_id, exc.reason)
+            stand_in = quarantine_task(claim.task_id, claim.workflow, exc.raw, exc.reason)
+            await engine.store.quarantine(stand_in)
+            await self._ack()
+            return None
+        except RecordVersionError as exc:
+            self.log.error("%s Leaving it for another worker.", exc)
+            await engine.queue.release(claim, delay=engine.lease)
+            return None
+        if task is None or task.status.terminal:
+            await self._ack()  # discarded, or finished by a worker that died before its ack
+            return None
+        return task
+
+    async def _drive(self, task: Task) -> None:
+        """Take ownership, then run steps or compensations until the task settles."""
+        wf = self.wf
+        if task.workflow != wf.name:
+            await self._dead_letter(task, "unknown-workflow", _engine_error(
+                "UnknownWorkflow", f"record names workflow {task.workflow!r} but was queued "
+                f"for {wf.name!r}"))
+            return
+        done = {s.name for s in wf.steps[: task.step]}
+        if task.step > len(wf.steps) or set(task.results) != done:
+            await self._dead_letter(task, "workflow-changed", _engine_error(
+                "WorkflowChanged", f"task completed steps {sorted(task.results)} but workflow "
+                f"{wf.name!r} now starts with {[s.name for s in wf.steps[: task.step]]}; "
+                "requeue it with from_step=0 to start over"))
+            return
+        lost = task.status in (TaskStatus.RUNNING, TaskStatus.COMPENSATING)
+        limit = wf.retry.max_attempts
+        if task.status is TaskStatus.RUNNING and task.step < len(wf.steps):
+            limit = wf.retry_for(wf.steps[task.step]).max_attempts
+        if lost and task.attempt >= limit:
+            step = wf.steps[min(task.step, len(wf.steps) - 1)].name
+            error = _engine_error(
+                "WorkerLost",
+                f"the worker running {'compensations' if task.status is TaskStatus.COMPENSATING else repr(step)} "
+                f"died or lost its lease {task.attempt} time(s), the limit; not retrying it again",
+                step=step, attempt=task.attempt,
+            )
+            if task.status is TaskStatus.COMPENSATING:
+                await self._settle(task, TaskStatus.FAILED, error=error, dead_letter="worker_lost")
+            else:
+                await self._give_up(task, error, "worker_lost")
+            return
+        if lost:
+            self.log.warning(
+                "task %s: resuming after a lost worker (attempt %d of step %d)",
+                task.id, task.attempt, task.step,
+            )
+        status = TaskStatus.COMPENSATING if task.status is TaskStatus.COMPENSATING else TaskStatus.RUNNING
+        task = await self._write(
+            task.evolve(status=status, attempt=task.attempt + 1, owner=self.owner, not_before=None)
+        )
+        # From here on this run owns the task: keep the lease alive and watch for a takeover.
+        self.beat = asyncio.create_task(self._heartbeat())
+        if task.status is TaskStatus.COMPENSATING:
+            await self._compensate(task)
+        elif task.cancel_requested:
+            await self._give_up(task, _cancel_error(task), None)
+        else:
+            await self._run_steps(task)
+
+    async def _run_steps(self, task: Task) -> None:
+        wf = self.wf
+        while True:
+            step = wf.steps[task.step]
+            try:
+                value = await self._call(step.fn, self._context(task, step.name), wf.timeout_for(step))
+                result = self._checked_result(step, value)
+            except _Interrupted as stop:
+                await self._interrupted(task, stop.reason)
+                return
+            except Exception as exc:
+                await self._step_failed(task, step, exc)
+                return
+            last = task.step + 1 == len(wf.steps)
+            task = await self._write(task.evolve(
+                results={**task.results, step.name: result},
+                step=task.step + 1,
+                attempt=task.attempt if last else 1,
+                failures=(),
+                error=None,
+                status=TaskStatus.COMPLETED if last else TaskStatus.RUNNING,
+                owner=None if last else self.owner,
+            ))
+            if last:
+                await self._ack()
+                return
+            if task.cancel_requested:
+                await self._give_up(task, _cancel_error(task), None)
+                return
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _context(self, task: Task, step: str, **extra: Any) -> StepContext:
+        self.task = task
+        self.cancel = threading.Event()
+        return StepContext(
+            task, step, logger=self.log, heartbeat=self._request_beat, cancel=self.cancel, **extra
+        )
+
+    async def _call(self, fn: StepFn, ctx: StepContext, timeout: float | None) -> Any:
+        """Run a step or compensation function under `timeout`, interruptible from outside."""
+        if self.stop_reason is not None:
+            raise _Interrupted(self.stop_reason)
+        if is_async(fn):
+            fut: asyncio.Future[Any] = asyncio.ensure_future(fn(ctx))
+        else:
+            fut = self.engine._call_in_thread(fn, ctx)
+        self.step_future = fut
+        try:
+            value = await asyncio.wait_for(fut, timeout) if timeout else await fut
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+        except asyncio.TimeoutError:
+            self.cancel.set()  # a sync step's thread cannot be killed; tell it to stop
+            if not is_async(fn):
+                self.log.warning(
+                    "task %s: step %r overran its %.1fs timeout; its thread is abandoned, "
+                    "not waited on", ctx.task.id, ctx.step, timeout,
+                )
+            raise StepTimeoutError(
+                f"step {ctx.step!r} did not finish within its timeout of {timeout}s"
+            ) from None
+        except asyncio.CancelledError:
+            if self.stop_reason is None:
+                raise
+            raise _Interrupted(self.stop_reason) from None
+        finally:
+            self.step_future = None
+
+    def _checked_result(self, step: Step, value: Any) -> Any:
+        """`value` as it will read back from the store; raises before anything is written."""
+        what = f"the result of step {step.name!r}"
+        data = dump_json(value, what=what)
+        check_size(what, data, self.engine.max_payload_bytes)
+        return json.loads(data)
+
+    async def _step_failed(self, task: Task, step: Step, exc: Exception) -> None:
+        error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
+        policy = self.wf.retry_for(step)
+        permanent = isinstance(exc, (StepResultError, SalvadorError)) and not isinstance(
+            exc, StepTimeoutError
+        )
+        if not permanent and policy.should_retry(exc, task.attempt):
+            delay = policy.delay(task.attempt)
+            self.log.warning(
+                "task %s: step %r attempt %d failed (%s: %s); retrying in %.2fs",
+                task.id, step.name, task.attempt, type(exc).__name__, exc, delay,
+            )
+            await self._write(task.evolve(
+                status=TaskStatus.PENDING,
+                error=error,
+                failures=(*task.failures, error),
+                not_before=utcnow() + timedelta(seconds=delay),
+                owner=None,
+            ))
+            await self.engine.queue.release(self.claim, delay=delay)
+            return
+        self.log.error(
+            "task %s: step %r failed for good on attempt %d (%s: %s)",
+            task.id, step.name, task.attempt, type(exc).__name__, exc,
+        )
+        await self._give_up(task.evolve(failures=(*task.failures, error)), error, "step-failed")
+
+    async def _interrupted(self, task: Task, reason: str) -> None:
+        if reason == "lost":
+            raise LeaseLostError(task.id, "the heartbeat found another owner")
+        if reason == "shutdown":
+            task = self.task or task
+            await self._write(task.evolve(
+                status=TaskStatus.COMPENSATING if self.compensating else TaskStatus.PENDING,
+                attempt=max(0, task.attempt - 1),  # shutting down is not the step's fault
+                owner=None,
+            ))
+            await self.engine.queue.release(self.claim)
+            self.log.info("task %s: released for another worker (shutdown)", task.id)
+            return
+        await self._give_up(task, _cancel_error(task), None)
+
+    # -- failure for good: compensate, then settle -------------------------------------
+
+    async def _give_up(self, task: Task, error: TaskError, reason: str | None) -> None:
+        """The task cannot go on (failed for good, lost too often, or cancelled): undo the
+        completed steps that have compensations, then settle. `reason` None = cancelled."""
+        cancelled = reason is None
+        if not any(s.compensate for s in self.wf.steps[: task.step]):
+            if cancelled:
+                await self._settle(task, TaskStatus.CANCELLED, error=error)
+            else:
+                await self._settle(task, TaskStatus.FAILED, error=error, dead_letter=reason)
+            return
+        task = await self._write(task.evolve(
+            status=TaskStatus.COMPENSATING,
+            error=error,
+            dead_letter=reason,
+            cancel_requested=cancelled or task.cancel_requested,
+            compensated=(),
+            attempt=1,
+        ))
+        await self._compensate(task)
+
+    async def _compensate(self, task: Task) -> None:
+        """Run the compensations not yet done, newest step first, checkpointing each."""
+        self.compensating = True
+        if self.stop_reason == "cancelled":
+            self.stop_reason = None  # compensations run even though the task was cancelled
+        for step in reversed(self.wf.steps[: task.step]):
+            if step.compensate is None or step.name in task.compensated:
+                continue
+            ctx = self._context(task, step.name, error=task.error, result=task.results.get(step.name))
+            try:
+                await self._call(step.compensate, ctx, self.wf.timeout_for(step))
+            except _Interrupted as stop:
+                await self._interrupted(task, stop.reason)
+                return
+            except Exception as exc:
+                error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
+                self.log.error(
+                    "task %s: compensation of step %r failed (%s: %s)",
+                    task.id, step.name, type(exc).__name__, exc,
+                )
+                await self._settle(
+                    task.evolve(failures=tuple(f for f in (task.error,) if f)),
+                    TaskStatus.FAILED, error=error, dead_letter="compensation-failed",
+                )
+                return
+            task = await self._write(task.evolve(compensated=(*task.compensated, step.name)))
+        final = TaskStatus.CANCELLED if task.cancel_requested else TaskStatus.COMPENSATED
+        await self._settle(task, final, error=task.error, dead_letter=task.dead_letter)
+
+    async def _dead_letter(self, task: Task, reason: str, error: TaskError) -> None:
+        self.log.error("task %s: dead-lettered (%s): %s", task.id, reason, error.message)
+        await self._settle(task, TaskStatus.FAILED, error=error, dead_letter=reason)
+
+    async def _settle(
+        self, task: Task, status: TaskStatus, *, error: TaskError | None, dead_letter: str | None = None
+    ) -> None:
+        await self._write(task.evolve(status=status, error=error, dead_letter=dead_letter, owner=None))
+        await self._ack()
+
+    # -- fenced writes, leases and heartbeats -------------------------------------------
+
+    async def _write(self, task: Task) -> Task:
+        """CAS `task` over the version it was read at.
+
+        A conflict is a takeover unless the stored task still names this run as owner: then
+        only a cancel request was written meanwhile, which is merged and the write retried.
+        """
+        store = self.engine.store
+        try:
+            stored = await store.update(task, task.version)
+        except ConflictError:
+            current = await store.get(task.id)
+            if current is None or current.owner != self.owner:
+                raise
+            stored = await store.update(
+                task.evolve(cancel_requested=current.cancel_requested), current.version
+            )
+        self.task = stored
+        return stored
+
+    async def _ack(self) -> None:
+        try:
+            await self.engine.queue.ack(self.claim)
+        except LeaseLostError:
+            # The record is already settled; whoever holds the new lease acks it on sight.
+            self.log.debug("task %s: ack after lease loss ignored", self.claim.task_id)
+
+    def _request_beat(self) -> None:
+        loop = self.handler.get_loop() if self.handler else asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self.beat_now.set)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running step (if any) for `reason`; the run then acts on it."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel.set()
+        if self.step_future is not None and not self.step_future.done():
+            self.step_future.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Extend the lease every lease/3 and watch for cancellation or a takeover."""
+        engine = self.engine
+        interval = engine.lease / 3
+        while True:
+            try:
+                await asyncio.wait_for(self.beat_now.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self.beat_now.clear()
+            try:
+                self.claim = await asyncio.wait_for(
+                    engine.queue.extend(self.claim, lease=engine.lease), timeout=interval
+                )
+                current = await asyncio.wait_for(engine.store.get(self.claim.task_id), interval)
+            except LeaseLostError:
+                self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
+                self.interrupt("lost")
+                return
+            except Exception as exc:
+                self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, _describe(exc))
+                continue
+            if current is None or (current.owner is not None and current.owner != self.owner):
+                self.interrupt("lost")
+                return
+            if current.cancel_requested and not self.compensating:
+                self.interrupt("cancelled")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _body_bytes(body: Any) -> bytes:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    return dump_json(body, what="the task body")
+
+
+def _step_index(wf: Workflow, from_step: int | str | None, *, default: int) -> int:
+    if from_step is None:
+        return default
+    if isinstance(from_step, str):
+        for i, s in enumerate(wf.steps):
+            if s.name == from_step:
+                return i
+        raise ValueError(f"workflow {wf.name!r} has no step named {from_step!r}")
+    if not 0 <= from_step < len(wf.steps):
+        raise ValueError(f"from_step {from_step} is out of range for {len(wf.steps)} steps")
+    return from_step
+
+
+def _engine_error(kind: str, message: str, *, step: str | None = None, attempt: int = 0) -> TaskError:
+    return TaskError(type=f"salvador.{kind}", message=message, step=step, attempt=attempt)
+
+
+def _cancel_error(task: Task) -> TaskError:
+    return TaskError(
+        type=f"{StepCancelledError.__module__}.{StepCancelledError.__qualname__}",
+        message="the task was cancelled",
+        step=None,
+        attempt=task.attempt,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _backoff(failures: int) -> float:
+    return float(min(0.1 * 2 ** min(failures, 10), 5.0))
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _quietly(coro: Any, logger: logging.Logger) -> None:
+    try:
+        await coro
+    except Exception as exc:
+        logger.debug("ignored during shutdown: %s", _describe(exc))
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: Any) -> list[int]:
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop)
+        except (NotImplementedError, RuntimeError):
+            continue
+        installed.append(sig)
+    return installed

@@ -1,0 +1,106 @@
+"""Typed errors. Every message says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class SalvadorError(Exception):
+    """Base class of every error salvador raises on purpose."""
+
+
+class ConfigurationError(SalvadorError):
+    """A URL, option or installation problem the user must fix before anything runs."""
+
+
+class ConflictError(SalvadorError):
+    """A fenced write lost: the stored task changed since it was read.
+
+    For a worker this means another worker owns the task now; it must stop touching it.
+    """
+
+    def __init__(self, task_id: str, expected_version: int, actual_version: int | None) -> None:
+        self.task_id = task_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        found = "it no longer exists" if actual_version is None else f"found {actual_version}"
+        super().__init__(
+            f"task {task_id}: expected version {expected_version}, {found}; another writer "
+            "changed it first. Re-read the task before writing again."
+        )
+
+
+class LeaseLostError(SalvadorError):
+    """The lease on a claimed task expired or was taken over; the claim is void."""
+
+    def __init__(self, task_id: str, detail: str = "") -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"lease on task {task_id} was lost{': ' + detail if detail else ''}; another worker "
+            "may own it now. Stop working on it; raise the engine's `lease` if steps are "
+            "slow, or call ctx.heartbeat() more often."
+        )
+
+
+class UnknownWorkflowError(SalvadorError):
+    """A task names a workflow this engine does not know."""
+
+    def __init__(self, workflow: str, known: list[str]) -> None:
+        self.workflow = workflow
+        names = ", ".join(repr(k) for k in sorted(known)) or "none"
+        super().__init__(
+            f"workflow {workflow!r} is not registered with this engine (registered: {names}); "
+            "call engine.register(workflow) before submitting to it."
+        )
+
+
+class TaskNotFoundError(SalvadorError):
+    """No task with this id exists (never created, discarded or purged)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id!r}; it was never created or was purged.")
+
+
+class InvalidStateError(SalvadorError):
+    """An operation does not apply to the task in its current status."""
+
+
+class BackendUnavailableError(SalvadorError):
+    """The backend server cannot be reached or stopped answering."""
+
+
+class CorruptRecordError(SalvadorError):
+    """A stored record cannot be decoded; it is preserved, never dropped."""
+
+    def __init__(self, task_id: str, reason: str, raw: bytes = b"") -> None:
+        self.task_id = task_id
+        self.reason = reason
+        self.raw = raw
+        super().__init__(
+            f"task {task_id}: stored record cannot be read ({reason}). The engine dead-letters "
+            "it with the raw bytes kept as its body; inspect it with engine.dead_letters()."
+        )
+
+
+class PayloadTooLargeError(SalvadorError):
+    """A body or step result exceeds the configured size limit; nothing was written."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size} bytes, over the limit of {limit} bytes; nothing was written. "
+            "Store large data elsewhere (object storage, a table) and pass a reference, "
+            "or raise `max_payload_bytes`."
+        )
+
+
+class StepResultError(SalvadorError):
+    """A step returned a value that cannot be stored as JSON."""
+
+
+class StepTimeoutError(SalvadorError):
+    """A step ran longer than its `timeout`; the attempt counts as failed."""
+
+
+class StepCancelledError(SalvadorError):
+    """The task was cancelled while this step was running."""

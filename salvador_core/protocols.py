@@ -1,0 +1,141 @@
+"""The two boundaries a backend implements: `TaskStore` (records) and `TaskQueue` (delivery).
+
+Everything else (steps, retries, compensation, cancellation, dead letters) lives in the
+engine, above these protocols, once. The conformance suite in `salvador_core.testing`
+holds every backend to the contracts written in these docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from salvador_core.task import Claim, Page, Task, TaskStatus
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """Durable task records with compare-and-set updates."""
+
+    async def open(self) -> None:
+        """Connect and prepare (create tables, load scripts). Safe to call twice."""
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice; the store may be opened again."""
+
+    async def create(self, task: Task) -> Task:
+        """Insert `task` (with `version` 1) and return what is stored.
+
+        If a task with the same `(workflow, idempotency_key)` exists, nothing is written and
+        the existing task is returned unchanged; callers compare ids to tell. This holds
+        under concurrent duplicate creates: exactly one wins.
+        """
+
+    async def get(self, task_id: str) -> Task | None:
+        """The stored task, or None. Raises `CorruptRecordError` (with the raw bytes) for a
+        record that cannot be decoded, `RecordVersionError` for one from a newer salvador."""
+
+    async def update(self, task: Task, expected_version: int) -> Task:
+        """Replace the stored task with `task` if its version is still `expected_version`.
+
+        Returns the stored task with `version = expected_version + 1` and `updated_at` set
+        by the store. Raises `ConflictError` when the stored version differs or the task is
+        gone; then nothing is written. This is the fence every engine write goes through.
+        """
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: TaskStatus | Iterable[TaskStatus] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Tasks in ascending id (creation) order, filtered by workflow and status.
+
+        `cursor` is the value returned with the previous page. Corrupt records are skipped
+        here (the engine dead-letters them when they are claimed).
+        """
+
+    async def delete(self, task_id: str) -> bool:
+        """Remove the record (and any queue entry). True if something was removed."""
+
+    async def purge(self, *, older_than: datetime, statuses: Iterable[TaskStatus]) -> int:
+        """Delete tasks in `statuses` (terminal ones only) last updated before `older_than`.
+
+        Returns how many were deleted. Non-terminal statuses are refused with ValueError.
+        """
+
+    async def quarantine(self, task: Task) -> Task:
+        """Overwrite an unreadable record with `task` (a failed, dead-lettered stand-in
+        that keeps the raw bytes as its body), without a version check: a record whose
+        version cannot be read cannot be compared. Returns the stored task."""
+
+
+@runtime_checkable
+class TaskQueue(Protocol):
+    """Delivery of task ids to workers under leases."""
+
+    async def open(self) -> None:
+        """Connect and prepare. Safe to call twice."""
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
+        """Make `task_id` claimable for `workflow`, no earlier than `not_before`.
+
+        Idempotent per task id: a task that is already queued, delayed or leased is not
+        queued twice.
+        """
+
+    async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
+        """Lease the next due task of `workflow`, waiting up to `wait` seconds for one.
+
+        Waiting does not busy-poll the backend. The same task is never leased to two
+        claimers at once. A lease not extended or acked within `lease` seconds (on the
+        backend's clock) expires and the task becomes claimable again, with `deliveries`
+        increased. Returns None when nothing became due within `wait`.
+        """
+
+    async def extend(self, claim: Claim, *, lease: float) -> Claim:
+        """Renew the lease for `lease` seconds from now (the heartbeat).
+
+        Raises `LeaseLostError` when the lease already expired or another claim replaced it.
+        """
+
+    async def ack(self, claim: Claim) -> None:
+        """The task is finished with: it is never delivered again.
+
+        Raises `LeaseLostError`, changing nothing, when `claim` is no longer the current
+        lease (the task was re-delivered to someone else meanwhile).
+        """
+
+    async def release(self, claim: Claim, *, delay: float = 0.0) -> None:
+        """Give the task back, claimable again after `delay` seconds (retry, shutdown).
+
+        The delay runs on the queue's own clock and is not a lease: a delayed task is held
+        by no one. Raises `LeaseLostError`, changing nothing, for a stale claim.
+        """
+
+
+@runtime_checkable
+class Backend(TaskStore, TaskQueue, Protocol):
+    """A store and queue in one backend, which can make two-part transitions atomic."""
+
+    #: The largest body or step result this backend stores, or None for no limit of its
+    #: own. The engine enforces the smaller of this and its own `max_payload_bytes`.
+    max_payload_bytes: int | None
+
+    async def submit(self, task: Task) -> Task:
+        """`create` and `enqueue` in one atomic step (nothing is enqueued for a duplicate).
+
+        After it returns the task is stored and will be delivered; a crash before it
+        returns leaves either both or neither.
+        """
+
+    async def requeue(self, task: Task, expected_version: int) -> Task:
+        """`update` (fenced as there) and `enqueue` in one atomic step; used to run a
+        dead-lettered task again. Raises `ConflictError` and writes nothing on a stale
+        version."""

@@ -1,0 +1,319 @@
+"""The task record: what is stored, how it is serialised, and the claim that leases it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import time
+import traceback as tb
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from salvador_core.errors import CorruptRecordError, PayloadTooLargeError, SalvadorError
+
+#: Format version written into every stored record. Readers refuse newer ones.
+RECORD_FORMAT = 1
+
+#: Default limit for a body or one step result. A backend with a lower limit of its own
+#: declares it (`max_payload_bytes`) and the engine uses the smaller of the two.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+class TaskStatus(str, Enum):
+    """Where a task is in its life. Terminal statuses never change again (except requeue)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    COMPENSATED = "compensated"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.COMPENSATED}
+)
+#: Statuses of tasks that failed for good: the dead-letter set.
+DEAD_LETTER_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.COMPENSATED})
+
+
+class RecordVersionError(SalvadorError):
+    """A record was written by a newer salvador; this worker leaves it for a newer one."""
+
+    def __init__(self, task_id: str, found: int) -> None:
+        self.task_id = task_id
+        self.found = found
+        super().__init__(
+            f"task {task_id}: record format {found} is newer than this salvador understands "
+            f"({RECORD_FORMAT}); upgrade salvador on this worker."
+        )
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_task_id() -> str:
+    """A 32-hex-digit id whose first 12 digits are the creation time in ms (sortable)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """One failure: what was raised, in which step and attempt, and when."""
+
+    type: str
+    message: str
+    step: str | None
+    attempt: int
+    traceback: str = ""
+    at: datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, step: str | None, attempt: int) -> TaskError:
+        summary = "".join(tb.format_exception(type(exc), exc, exc.__traceback__, limit=8))
+        return cls(
+            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=str(exc) or type(exc).__name__,
+            step=step,
+            attempt=attempt,
+            traceback=summary[-4000:],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "step": self.step,
+            "attempt": self.attempt,
+            "traceback": self.traceback,
+            "at": self.at.timestamp(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskError:
+        return cls(
+            type=d["type"],
+            message=d["message"],
+            step=d.get("step"),
+            attempt=int(d.get("attempt", 0)),
+            traceback=d.get("traceback", ""),
+            at=_ts(d["at"]),
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """A submitted unit of work and its progress through its workflow.
+
+    `step` is the number of completed steps, so it is also the index of the step to run
+    next. `version` is bumped by every write and fences them: a write based on an old
+    version raises `ConflictError`. `owner` names the worker run that holds the task while
+    it is running, so a worker can tell a takeover from a cancel request.
+    """
+
+    id: str
+    workflow: str
+    body: bytes = b""
+    status: TaskStatus = TaskStatus.PENDING
+    step: int = 0
+    attempt: int = 0
+    results: dict[str, Any] = field(default_factory=dict)
+    error: TaskError | None = None
+    failures: tuple[TaskError, ...] = ()
+    meta: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    not_before: datetime | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    version: int = 0
+    owner: str | None = None
+    cancel_requested: bool = False
+    dead_letter: str | None = None
+    compensated: tuple[str, ...] = ()
+
+    def evolve(self, **changes: Any) -> Task:
+        """A copy with `changes` applied; the stored record is untouched until `update`."""
+        return replace(self, **changes)
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(id={self.id!r}, workflow={self.workflow!r}, status={self.status.value}, "
+            f"step={self.step}, attempt={self.attempt}, version={self.version})"
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease on one task, handed out by `TaskQueue.claim`.
+
+    `receipt` is opaque to the engine; the backend uses it to tell this lease from a later
+    one on the same task. `deliveries` counts how often the task was handed out. `deadline`
+    is the lease expiry in epoch seconds on the backend's clock (informational). A backend
+    that reads the record in the same round trip may attach it as `task`.
+    """
+
+    task_id: str
+    workflow: str
+    receipt: str
+    deliveries: int
+    deadline: float
+    task: Task | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; pass `cursor` back to get the next page (None: no more)."""
+
+    tasks: list[Task]
+    cursor: str | None
+
+
+def encode_task(task: Task) -> bytes:
+    """Serialise `task` to the versioned JSON record format every backend stores."""
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "id": task.id,
+        "workflow": task.workflow,
+        "body": base64.b64encode(task.body).decode("ascii"),
+        "status": task.status.value,
+        "step": task.step,
+        "attempt": task.attempt,
+        "results": task.results,
+        "meta": task.meta,
+        "created_at": task.created_at.timestamp(),
+        "updated_at": task.updated_at.timestamp(),
+        "version": task.version,
+    }
+    if task.error is not None:
+        record["error"] = task.error.to_dict()
+    if task.failures:
+        record["failures"] = [f.to_dict() for f in task.failures]
+    if task.idempotency_key is not None:
+        record["idempotency_key"] = task.idempotency_key
+    if task.not_before is not None:
+        record["not_before"] = task.not_before.timestamp()
+    if task.owner is not None:
+        record["owner"] = task.owner
+    if task.cancel_requested:
+        record["cancel_requested"] = True
+    if task.dead_letter is not None:
+        record["dead_letter"] = task.dead_letter
+    if task.compensated:
+        record["compensated"] = list(task.compensated)
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
+    """Parse a stored record. Raises `CorruptRecordError` or `RecordVersionError`."""
+    raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+    try:
+        d = json.loads(raw_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptRecordError(task_id, f"not valid JSON: {exc}", raw_bytes) from None
+    if not isinstance(d, dict):
+        raise CorruptRecordError(task_id, "record is not a JSON object", raw_bytes)
+    fmt = d.get("format")
+    if isinstance(fmt, int) and fmt > RECORD_FORMAT:
+        raise RecordVersionError(task_id, fmt)
+    try:
+        if fmt != RECORD_FORMAT:
+            raise ValueError(f"unknown record format {fmt!r}")
+        return Task(
+            id=str(d["id"]),
+            workflow=str(d["workflow"]),
+            body=base64.b64decode(d["body"], validate=True),
+            status=TaskStatus(d["status"]),
+            step=int(d["step"]),
+            attempt=int(d["attempt"]),
+            results=dict(d["results"]),
+            error=TaskError.from_dict(d["error"]) if "error" in d else None,
+            failures=tuple(TaskError.from_dict(f) for f in d.get("failures", ())),
+            meta={str(k): str(v) for k, v in d["meta"].items()},
+            idempotency_key=d.get("idempotency_key"),
+            not_before=_ts(d["not_before"]) if "not_before" in d else None,
+            created_at=_ts(d["created_at"]),
+            updated_at=_ts(d["updated_at"]),
+            version=int(d["version"]),
+            owner=d.get("owner"),
+            cancel_requested=bool(d.get("cancel_requested", False)),
+            dead_letter=d.get("dead_letter"),
+            compensated=tuple(d.get("compensated", ())),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CorruptRecordError(task_id, detail, raw_bytes) from None
+
+
+def quarantine_task(task_id: str, workflow: str, raw: bytes, reason: str) -> Task:
+    """The failed, dead-lettered task that replaces an unreadable record, keeping its bytes."""
+    now = utcnow()
+    return Task(
+        id=task_id,
+        workflow=workflow,
+        body=raw,
+        status=TaskStatus.FAILED,
+        error=TaskError(type="salvador.CorruptRecord", message=reason, step=None, attempt=0),
+        dead_letter="corrupt-record",
+        created_at=now,
+        updated_at=now,
+        meta={"salvador.quarantined": "raw record kept as body"},
+    )
+
+
+def dump_json(value: Any, *, what: str) -> bytes:
+    """Serialise a user value, turning failures into a `StepResultError` that names `what`."""
+    from salvador_core.errors import StepResultError
+
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise StepResultError(
+            f"{what} is not JSON-serialisable ({type(value).__name__}: {exc}); return dicts, "
+            "lists, strings, numbers, booleans or None (convert dataclasses, datetimes and "
+            "Decimals yourself)."
+        ) from None
+
+
+def check_size(what: str, data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise PayloadTooLargeError(what, len(data), limit)
+
+
+def statuses_of(status: TaskStatus | str | Iterable[TaskStatus | str] | None) -> frozenset[TaskStatus] | None:
+    """Normalise a status filter argument to a set (None: any status)."""
+    if status is None:
+        return None
+    if isinstance(status, (TaskStatus, str)):
+        return frozenset({TaskStatus(status)})
+    return frozenset(TaskStatus(s) for s in status)
+
+
+def purge_statuses(statuses: Iterable[TaskStatus | str]) -> frozenset[TaskStatus]:
+    """Validate `purge`'s statuses argument: only terminal tasks may be purged."""
+    wanted = statuses_of(statuses) or frozenset()
+    if not wanted <= TERMINAL_STATUSES:
+        bad = ", ".join(sorted(s.value for s in wanted - TERMINAL_STATUSES))
+        raise ValueError(f"purge only deletes terminal tasks; {bad} are not terminal")
+    return wanted
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(float(value), timezone.utc)

@@ -1,0 +1,203 @@
+"""Workflows: a name and an ordered list of steps, and the context each step receives."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union, overload
+
+from salvador_core.retry import RetryPolicy
+from salvador_core.task import Task, TaskError
+
+StepFn = Callable[["StepContext"], Union[Any, Awaitable[Any]]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StepContext:
+    """What a step (or a compensation) gets: the task, earlier results, and its handles.
+
+    `idempotency_key` is stable across every retry and re-delivery of this step
+    (`{task_id}:{step_name}`); hand it to external systems so a replayed step does not
+    charge twice. `heartbeat()` asks the engine to renew the lease now (it also renews it
+    on its own every lease/3). Sync steps poll `cancelled` to stop cooperatively.
+
+    In a compensation, `error` is the failure that made the task roll back and `result` is
+    the saved result of the step being compensated.
+    """
+
+    __slots__ = ("_cancel", "_heartbeat", "error", "logger", "result", "step", "task")
+
+    def __init__(
+        self,
+        task: Task,
+        step: str,
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        heartbeat: Callable[[], None],
+        cancel: threading.Event,
+        error: TaskError | None = None,
+        result: Any = None,
+    ) -> None:
+        self.task = task
+        self.step = step
+        self.logger = logger
+        self.error = error
+        self.result = result
+        self._heartbeat = heartbeat
+        self._cancel = cancel
+
+    @property
+    def body(self) -> bytes:
+        return self.task.body
+
+    def json(self) -> Any:
+        """The task body decoded as JSON."""
+        return json.loads(self.task.body)
+
+    @property
+    def results(self) -> Mapping[str, Any]:
+        """Saved results of the completed steps, by step name."""
+        return self.task.results
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first try of this step, 2 on the first retry, and so on."""
+        return self.task.attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.task.id}:{self.step}"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled or this worker lost its lease: stop soon."""
+        return self._cancel.is_set()
+
+    def heartbeat(self) -> None:
+        """Renew the lease now; callable from async steps and from sync steps' threads."""
+        self._heartbeat()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a workflow and how it is run."""
+
+    name: str
+    fn: StepFn
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    compensate: StepFn | None = None
+
+
+class Workflow:
+    """A named, ordered list of steps.
+
+    Build it by chaining `wf.step("name", fn)` or by decorating functions with
+    `@wf.step()`. `retry` and `timeout` given here are the defaults for steps that set
+    none of their own.
+    """
+
+    def __init__(
+        self, name: str, *, retry: RetryPolicy | None = None, timeout: float | None = None
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a workflow needs a non-empty name")
+        if len(name.encode()) > 200:
+            raise ValueError(f"workflow name {name[:40]!r}... is over 200 bytes; use a shorter one")
+        _check_timeout(timeout)
+        self.name = name
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.steps: list[Step] = []
+
+    @overload
+    def step(self, name: str, fn: StepFn, /, **options: Any) -> Workflow: ...
+
+    @overload
+    def step(self, name: F, /) -> F: ...
+
+    @overload
+    def step(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        compensate: StepFn | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def step(
+        self,
+        name: str | Callable[..., Any] | None = None,
+        fn: StepFn | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        compensate: StepFn | None = None,
+    ) -> Any:
+        """Append a step. With a function: returns the workflow (chainable). Without one:
+        returns a decorator that appends the decorated function (named after it unless a
+        name is given) and returns it unchanged."""
+        if callable(name):
+            self._add(name.__name__, name, retry, timeout, compensate)
+            return name
+        if fn is not None:
+            self._add(_need_name(name), fn, retry, timeout, compensate)
+            return self
+
+        def decorate(f: F) -> F:
+            self._add(name if name is not None else f.__name__, f, retry, timeout, compensate)
+            return f
+
+        return decorate
+
+    def _add(
+        self,
+        name: str,
+        fn: StepFn,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+        compensate: StepFn | None,
+    ) -> None:
+        _need_name(name)
+        if any(s.name == name for s in self.steps):
+            raise ValueError(f"workflow {self.name!r} already has a step named {name!r}")
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: {fn!r} is not callable")
+        if compensate is not None and not callable(compensate):
+            raise TypeError(f"step {name!r}: compensate={compensate!r} is not callable")
+        _check_timeout(timeout)
+        self.steps.append(Step(name, fn, retry, timeout, compensate))
+
+    def retry_for(self, step: Step) -> RetryPolicy:
+        return step.retry or self.retry
+
+    def timeout_for(self, step: Step) -> float | None:
+        return step.timeout if step.timeout is not None else self.timeout
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, steps={[s.name for s in self.steps]})"
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` gives an awaitable (async def, or an object with async __call__)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__ method
+    )
+
+
+def _need_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a step needs a non-empty string name, got {name!r}")
+    return name
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
