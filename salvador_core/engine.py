@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from salvador_core.config import connect
 from salvador_core.errors import (
@@ -120,7 +120,10 @@ class Engine:
         backend_limit = getattr(store, "max_payload_bytes", None)
         self.max_payload_bytes = min(max_payload_bytes, backend_limit or max_payload_bytes)
         # One backend holding both halves makes submit and requeue atomic.
-        self._atomic: Backend | None = store if queue is store and isinstance(store, Backend) else None
+        self._split = cast(object, queue) is not store
+        self._atomic: Backend | None = (
+            store if not self._split and isinstance(store, Backend) else None
+        )
         self._workflows: dict[str, Workflow] = {}
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._opened = 0
@@ -147,7 +150,7 @@ class Engine:
         """Connect the backend(s). `async with engine` does this for you."""
         if self._opened == 0:
             await self.store.open()
-            if self.queue is not self.store:
+            if self._split:
                 await self.queue.open()
         self._opened += 1
 
@@ -156,7 +159,7 @@ class Engine:
             return
         self._opened -= 1
         if self._opened == 0:
-            if self.queue is not self.store:
+            if self._split:
                 await self.queue.close()
             await self.store.close()
 
@@ -581,13 +584,14 @@ class _Run:
             limit = wf.retry_for(wf.steps[task.step]).max_attempts
         if lost and task.attempt >= limit:
             step = wf.steps[min(task.step, len(wf.steps) - 1)].name
+            compensating = task.status is TaskStatus.COMPENSATING
             error = _engine_error(
                 "WorkerLost",
-                f"the worker running {'compensations' if task.status is TaskStatus.COMPENSATING else repr(step)} "
-                f"died or lost its lease {task.attempt} time(s), the limit; not retrying it again",
+                f"the worker running {'compensations' if compensating else repr(step)} died or "
+                f"lost its lease {task.attempt} time(s), the limit; not retrying it again",
                 step=step, attempt=task.attempt,
             )
-            if task.status is TaskStatus.COMPENSATING:
+            if compensating:
                 await self._settle(task, TaskStatus.FAILED, error=error, dead_letter="worker_lost")
             else:
                 await self._give_up(task, error, "worker_lost")
@@ -918,7 +922,7 @@ async def _quietly(coro: Any, logger: logging.Logger) -> None:
         logger.debug("ignored during shutdown: %s", _describe(exc))
 
 
-def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: Any) -> list[int]:
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: Any) -> list[signal.Signals]:
     if threading.current_thread() is not threading.main_thread():
         return []
     installed = []

@@ -8,12 +8,12 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 from salvador_core.retry import RetryPolicy
 from salvador_core.task import Task, TaskError
 
-StepFn = Callable[["StepContext"], Union[Any, Awaitable[Any]]]
+StepFn = Callable[["StepContext"], "Any | Awaitable[Any]"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -115,7 +115,16 @@ class Workflow:
         self.steps: list[Step] = []
 
     @overload
-    def step(self, name: str, fn: StepFn, /, **options: Any) -> Workflow: ...
+    def step(
+        self,
+        name: str,
+        fn: StepFn,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        compensate: StepFn | None = None,
+    ) -> Workflow: ...
 
     @overload
     def step(self, name: F, /) -> F: ...
