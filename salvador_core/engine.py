@@ -63,6 +63,11 @@ log = logging.getLogger("salvador")
 #: How many claim loops one workflow gets at most; more only add idle connections.
 MAX_CLAIMERS_PER_WORKFLOW = 4
 
+#: How many workers may die while compensating one task before it is dead-lettered
+#: (`worker_lost`). Independent of the steps' retry policies: a saga whose steps must not
+#: be retried still has to be rolled back.
+COMPENSATION_MAX_ATTEMPTS = 5
+
 
 class _Interrupted(Exception):
     """A running step was stopped from outside: reason is 'cancelled', 'lost' or 'shutdown'."""
@@ -579,8 +584,8 @@ class _Run:
                 "requeue it with from_step=0 to start over"))
             return
         lost = task.status in (TaskStatus.RUNNING, TaskStatus.COMPENSATING)
-        limit = wf.retry.max_attempts
-        if task.status is TaskStatus.RUNNING and task.step < len(wf.steps):
+        limit = COMPENSATION_MAX_ATTEMPTS
+        if task.status is not TaskStatus.COMPENSATING and task.step < len(wf.steps):
             limit = wf.retry_for(wf.steps[task.step]).max_attempts
         if lost and task.attempt >= limit:
             step = wf.steps[min(task.step, len(wf.steps) - 1)].name

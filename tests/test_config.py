@@ -1,0 +1,108 @@
+"""Backends are chosen by URL; every mistake gets a ConfigurationError saying what to fix."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from salvador_core import ConfigurationError, Engine, Workflow, connect, redact_url
+from salvador_core import config as config_module
+from salvador_core.backends.memory import MemoryBackend
+
+
+def test_memory_url_gives_a_memory_backend() -> None:
+    assert isinstance(connect("memory://"), MemoryBackend)
+
+
+def test_salvador_url_environment_variable_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SALVADOR_URL", "memory://")
+    assert isinstance(connect(), MemoryBackend)
+
+
+def test_no_url_anywhere_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SALVADOR_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=r"SALVADOR_URL is not set.*sqlite:///"):
+        connect()
+
+
+@pytest.mark.parametrize("url", ["", "localhost:6379", "/var/db/tasks.db", "://nothing"])
+def test_malformed_url_is_refused_with_examples(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="needs a scheme"):
+        connect(url)
+
+
+def test_unknown_scheme_lists_the_installed_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"ftp://.*installed: .*memory.*sqlite"):
+        connect("ftp://example/tasks")
+
+
+def test_password_never_appears_in_errors() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect("ftp://admin:hunter2@example/tasks")
+    assert "hunter2" not in str(info.value)
+    assert "admin:***@example" in str(info.value)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("redis://u:secret@h:6379/0?prefix=a") == "redis://u:***@h:6379/0?prefix=a"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheme whose driver import fails says which extra to pip install."""
+    broken = EntryPoint(
+        name="postgresql", value="salvador_no_such_module:Backend", group="salvador.backends"
+    )
+    real = config_module.entry_points
+
+    def with_broken(group: str) -> list[EntryPoint]:
+        return [*real(group=group), broken]
+
+    monkeypatch.setattr(config_module, "entry_points", with_broken)
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[postgres\]'"):
+        connect("postgresql://u@localhost/db")
+
+
+def test_scheme_we_ship_but_not_installed_gets_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "entry_points", lambda group: [])
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[nats\]'"):
+        connect("nats://127.0.0.1:4222")
+
+
+def test_third_party_scheme_resolves_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    custom = EntryPoint(
+        name="acme", value="salvador_core.backends.memory:MemoryBackend", group="salvador.backends"
+    )
+    monkeypatch.setattr(config_module, "entry_points", lambda group: [custom])
+    assert isinstance(connect("acme://"), MemoryBackend)
+
+
+def test_sqlite_url_without_a_path_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="sqlite"):
+        connect("sqlite://")
+
+
+def test_sqlite_url_opens_a_file(tmp_path: Path) -> None:
+    backend = connect(f"sqlite:///{tmp_path / 'x.db'}")
+    assert type(backend).__name__ == "SQLiteBackend"
+
+
+def test_engine_from_split_store_and_queue_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SALVADOR_URL", raising=False)
+    monkeypatch.setenv("SALVADOR_STORE_URL", "memory://")
+    monkeypatch.setenv("SALVADOR_QUEUE_URL", "memory://")
+    engine = Engine.from_url()
+    assert engine.store is not engine.queue
+
+
+def test_engine_refuses_a_workflow_without_steps() -> None:
+    with pytest.raises(ConfigurationError, match="has no steps"):
+        Engine(MemoryBackend(), workflows=[Workflow("empty")])
+
+
+@pytest.mark.parametrize("option", [{"concurrency": 0}, {"lease": 0}, {"poll_interval": -1}])
+def test_engine_refuses_nonsense_settings(option: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        Engine(MemoryBackend(), **option)  # type: ignore[arg-type]
