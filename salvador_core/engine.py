@@ -633,7 +633,7 @@ class _Run:
                 await self._step_failed(task, step, exc)
                 return
             last = task.step + 1 == len(wf.steps)
-            task = await self._write(task.evolve(
+            task = await self._write(final=last, task=task.evolve(
                 results={**task.results, step.name: result},
                 step=task.step + 1,
                 attempt=task.attempt if last else 1,
@@ -643,7 +643,6 @@ class _Run:
                 owner=None if last else self.owner,
             ))
             if last:
-                await self._ack()
                 return
             if task.cancel_requested:
                 await self._give_up(task, _cancel_error(task), None)
@@ -796,28 +795,40 @@ class _Run:
     async def _settle(
         self, task: Task, status: TaskStatus, *, error: TaskError | None, dead_letter: str | None = None
     ) -> None:
-        await self._write(task.evolve(status=status, error=error, dead_letter=dead_letter, owner=None))
-        await self._ack()
+        await self._write(
+            task.evolve(status=status, error=error, dead_letter=dead_letter, owner=None), final=True
+        )
 
     # -- fenced writes, leases and heartbeats -------------------------------------------
 
-    async def _write(self, task: Task) -> Task:
-        """CAS `task` over the version it was read at.
+    async def _write(self, task: Task, *, final: bool = False) -> Task:
+        """CAS `task` over the version it was read at; a `final` write also acks the claim.
 
         A conflict is a takeover unless the stored task still names this run as owner: then
         only a cancel request was written meanwhile, which is merged and the write retried.
         """
-        store = self.engine.store
         try:
-            stored = await store.update(task, task.version)
+            stored = await self._cas(task, task.version, final)
         except ConflictError:
-            current = await store.get(task.id)
+            current = await self.engine.store.get(task.id)
             if current is None or current.owner != self.owner:
                 raise
-            stored = await store.update(
-                task.evolve(cancel_requested=current.cancel_requested), current.version
+            stored = await self._cas(
+                task.evolve(cancel_requested=current.cancel_requested), current.version, final
             )
         self.task = stored
+        return stored
+
+    async def _cas(self, task: Task, expected_version: int, final: bool) -> Task:
+        atomic = self.engine._atomic
+        if not final:
+            return await self.engine.store.update(task, expected_version)
+        if atomic is not None:
+            # One round trip: the backend writes and acks together (or writes alone when
+            # the lease was lost; the new holder then acks the terminal task on sight).
+            return await atomic.settle(task, expected_version, self.claim)
+        stored = await self.engine.store.update(task, expected_version)
+        await self._ack()
         return stored
 
     async def _ack(self) -> None:

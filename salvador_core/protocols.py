@@ -139,3 +139,12 @@ class Backend(TaskStore, TaskQueue, Protocol):
         """`update` (fenced as there) and `enqueue` in one atomic step; used to run a
         dead-lettered task again. Raises `ConflictError` and writes nothing on a stale
         version."""
+
+    async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
+        """A run's final write and its `ack` in one atomic step (one round trip if possible).
+
+        The write is fenced exactly as in `update` (`ConflictError`, nothing written, on a
+        stale version). If `claim` is still the current lease the task then leaves the queue
+        for good; if the lease was lost meanwhile the record is written all the same and no
+        error is raised: whoever holds the new lease finds a terminal task and acks it.
+        """

@@ -217,6 +217,14 @@ class MemoryBackend:
         await self.enqueue(task.workflow, task.id, not_before=task.not_before)
         return stored
 
+    async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
+        stored = await self.update(task, expected_version)
+        held = self._leases.get(claim.task_id)
+        if held is not None and held.receipt == claim.receipt:
+            self._drop_from_queue(claim.task_id)
+            self._deliveries.pop(claim.task_id, None)
+        return stored
+
     # -- test back doors (used by the conformance suite) ----------------------------------
 
     def write_raw(self, task_id: str, raw: bytes) -> None:
