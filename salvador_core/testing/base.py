@@ -1,0 +1,212 @@
+"""What every conformance class shares: the fixture contract, back doors, capabilities.
+
+A backend author subclasses `BackendConformance` (or one of `StoreChecks`, `QueueChecks`,
+`EngineChecks`) and provides one async fixture, `backend`, yielding a fresh, opened,
+isolated instance. The suite then injects faults through two back doors instead of
+sleeping: `corrupt_record` and `expire_lease`. By default they call the backend's own
+`write_raw(task_id, raw)` and `expire_lease(task_id)` methods (sync or async); a backend
+without them overrides the two methods on its test class. They are not optional: a check
+that needs a missing back door fails and says what to add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import pytest
+
+from salvador_core.engine import Engine
+from salvador_core.protocols import Backend, TaskQueue, TaskStore
+from salvador_core.task import Claim, Task, new_task_id
+from salvador_core.workflow import Workflow
+
+#: Optional capabilities a backend may declare in `capabilities`; each names the checks
+#: that need it. Core guarantees have no capability and cannot be skipped.
+CAPABILITIES: dict[str, str] = {
+    "atomic": "store and queue in one object with atomic submit/requeue/settle (the Backend "
+    "protocol); must match what the backend implements, since the engine uses them when present",
+    "cluster": "runs on a sharded server (informational: no check needs it)",
+    "durable": "records survive closing and reopening the backend",
+}
+
+#: The awkward workflow names every backend must keep apart and round-trip intact.
+AWKWARD_NAMES = (
+    "with space",
+    "dots.in.name",
+    "star*",
+    "gt>",
+    "colon:name",
+    "{brace}",
+    "}closing{",
+    "percent%2F",
+    "slash/name",
+    "ünïcødé-名前",
+    "emoji-🚀",
+)
+
+
+class ConformanceBase:
+    """Shared machinery; not collected on its own (its name does not start with Test)."""
+
+    #: Optional capabilities the backend under test declares (see `CAPABILITIES`).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    #: Seconds used as a lease in checks that let one expire by the clock. Backends whose
+    #: clock has coarse resolution may raise it.
+    short_lease: ClassVar[float] = 0.4
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A conformance suite a subclass can quietly switch off is none: refuse overrides.
+        for base in cls.__mro__[1:]:
+            if not vars(base).get("_defines_checks", False):
+                continue
+            for name, value in vars(base).items():
+                if name.startswith("test_") and name in vars(cls) and vars(cls)[name] is not value:
+                    raise TypeError(
+                        f"{cls.__name__}.{name} overrides a conformance check of "
+                        f"{base.__name__}; checks cannot be replaced or disabled. Declare "
+                        "capabilities instead, or fix the backend."
+                    )
+        unknown = set(cls.capabilities) - set(CAPABILITIES)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.capabilities names unknown capabilities {sorted(unknown)}; "
+                f"known: {sorted(CAPABILITIES)}"
+            )
+
+    # -- back doors ------------------------------------------------------------------------
+
+    async def corrupt_record(self, backend: Any, task_id: str, raw: bytes) -> None:
+        """Overwrite the stored record of `task_id` with `raw`, bypassing every check."""
+        await _back_door(backend, "write_raw", task_id, raw)
+
+    async def expire_lease(self, backend: Any, claim: Claim) -> None:
+        """Make the lease of `claim` expire now, as if its holder had died long ago."""
+        await _back_door(backend, "expire_lease", claim.task_id)
+
+    async def reopen(self, backend: Any) -> Any:
+        """Close `backend` and open it again on the same storage; returns the backend to use
+        from then on (the fixture still closes the original). Override when your backend
+        cannot be reopened in place."""
+        await backend.close()
+        await backend.open()
+        return backend
+
+    # -- helpers for checks ------------------------------------------------------------------
+
+    def require(self, capability: str) -> None:
+        """Skip the running check, loudly, unless the backend declares `capability`."""
+        if capability not in self.capabilities:
+            pytest.skip(f"backend does not declare capability {capability!r}: {CAPABILITIES[capability]}")
+
+    def require_atomic(self, backend: Any) -> Backend:
+        """The backend as a `Backend`, or skip: the engine uses the atomic shortcuts exactly
+        when a backend implements them, so they are checked exactly then."""
+        if not isinstance(backend, Backend):
+            pytest.skip("backend has no atomic submit/requeue/settle; the engine uses the split path")
+        return backend
+
+    @staticmethod
+    def make_task(workflow: str = "wf", **fields: Any) -> Task:
+        return Task(id=new_task_id(), workflow=workflow, **fields)
+
+    @staticmethod
+    def atomic(backend: Any) -> Backend | None:
+        return backend if isinstance(backend, Backend) else None
+
+    @staticmethod
+    def check_protocols(backend: Any) -> None:
+        assert isinstance(backend, TaskStore), f"{type(backend).__name__} is not a TaskStore"
+        assert isinstance(backend, TaskQueue), f"{type(backend).__name__} is not a TaskQueue"
+
+    def engine(self, backend: Any, *workflows: Workflow, **options: Any) -> Engine:
+        """An engine on `backend` with settings that make checks fast."""
+        settings: dict[str, Any] = {
+            "lease": 2.0, "poll_interval": 0.05, "drain_timeout": 2.0, "concurrency": 4,
+        }
+        settings.update(options)
+        return Engine(backend, workflows=workflows, **settings)
+
+    @asynccontextmanager
+    async def running(self, engine: Engine) -> AsyncIterator[Engine]:
+        """Run `engine`'s workers in the background for the body of the `async with`.
+
+        The engine is opened once more than it closes, so the fixture's backend stays open
+        for the checks that follow (the fixture closes it).
+        """
+        await engine.open()
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        try:
+            yield engine
+        finally:
+            engine.stop()
+            await asyncio.wait_for(worker, 30)
+
+    @staticmethod
+    async def wait_until(
+        condition: Callable[[], Awaitable[Any] | Any], *, timeout: float = 10.0, what: str = "condition"
+    ) -> Any:
+        """Poll `condition` every 10 ms until it returns something truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    async def settled(self, engine: Engine, task_id: str, *, timeout: float = 10.0) -> Task:
+        """Wait until task `task_id` is terminal and return it."""
+
+        async def terminal() -> Task | None:
+            task = await engine.get_task(task_id)
+            return task if task is not None and task.status.terminal else None
+
+        result: Task = await self.wait_until(terminal, timeout=timeout, what=f"task {task_id} to finish")
+        return result
+
+    async def claim_soon(
+        self, queue: TaskQueue, workflow: str, *, lease: float = 5.0, wait: float = 2.0
+    ) -> Claim:
+        claim = await queue.claim(workflow, lease=lease, wait=wait)
+        assert claim is not None, f"nothing claimable in {workflow!r} within {wait}s"
+        return claim
+
+    async def drain(self, queue: TaskQueue, workflow: str, *, lease: float = 5.0) -> list[Claim]:
+        """Claim everything that is ready now (no waiting)."""
+        claims: list[Claim] = []
+        while (claim := await queue.claim(workflow, lease=lease, wait=0)) is not None:
+            claims.append(claim)
+        return claims
+
+
+async def _back_door(backend: Any, name: str, *args: Any) -> None:
+    method = getattr(backend, name, None)
+    if method is None:
+        pytest.fail(
+            f"{type(backend).__name__} has no `{name}` back door: give it a method "
+            f"`{name}(...)` or override `{'corrupt_record' if name == 'write_raw' else name}` "
+            "on your conformance test class (see docs/writing-a-backend.md)."
+        )
+    result = method(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+def ids(claims: Iterable[Claim]) -> list[str]:
+    return [c.task_id for c in claims]
+
+
+def checks(cls: type) -> type:
+    """Mark a class as holding conformance checks (which subclasses may not override)."""
+    cls._defines_checks = True  # type: ignore[attr-defined]
+    return cls
