@@ -19,6 +19,7 @@ import builtins
 import functools
 import hashlib
 import heapq
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -32,7 +33,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from salvador_core.config import redact_url
 from salvador_core.errors import (
@@ -58,6 +59,12 @@ from salvador_core.task import (
 from salvador_redis.multiplex import Multiplexer
 
 __all__ = ["RedisBackend"]
+
+log = logging.getLogger("salvador.redis")
+
+#: The ACL permissions the backend needs (besides `~<prefix>*` for its keys); `+info` is
+#: optional (the start-up check of the eviction policy).
+ACL_RULES = "+@read +@write +@blocking +@connection +evalsha +script|load +time +info"
 
 DEFAULT_PREFIX = "salvador:"
 
@@ -99,11 +106,26 @@ def _guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
     async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return await fn(*args, **kwargs)
-        except rx.NoPermissionError as exc:
+        except rx.AuthenticationError as exc:
+            backend = cast(RedisBackend, args[0])
+            raise ConfigurationError(
+                f"Redis at {backend.where} refused the credentials ({exc}); check the URL's "
+                "user name and password (redis://user:password@host:6379/0)."
+            ) from None
+        except rx.OutOfMemoryError as exc:
+            backend = cast(RedisBackend, args[0])
+            raise BackendUnavailableError(
+                f"Redis at {backend.where} is out of memory ({exc}); nothing was written. Raise "
+                "`maxmemory`, purge or set a retention for finished tasks."
+            ) from None
+        except rx.ResponseError as exc:
+            # NOPERM for a direct command; inside a script Redis reports it in plain words.
+            if not isinstance(exc, rx.NoPermissionError) and "can't run this command" not in str(exc):
+                raise
             backend = cast(RedisBackend, args[0])
             raise ConfigurationError(
                 f"Redis at {backend.where} refused a command ({exc}); the ACL user needs "
-                f"+@read +@write +@scripting +@blocking +ping on keys '{backend.prefix}*'."
+                f"{ACL_RULES} on keys '{backend.prefix}*'."
             ) from None
         except _UNAVAILABLE as exc:
             backend = cast(RedisBackend, args[0])
@@ -253,6 +275,7 @@ class RedisBackend:
         self._open = True
         try:
             await self._load_scripts()
+            await self._check_eviction()
         except BaseException:
             await self.close()
             raise
@@ -515,6 +538,27 @@ class RedisBackend:
             return await self._mux.execute(*args)
         return await client.execute_command(*args)
 
+    async def _check_eviction(self) -> None:
+        """Warn when the server may evict keys: it would drop task records silently.
+        Best effort: an ACL user without INFO, or a cluster, is not checked."""
+        if self._mux is None:
+            return
+        try:
+            info = _text(await self._mux.execute("INFO", "memory"))
+        except rx.ResponseError:
+            return
+        policy = next(
+            (line.split(":", 1)[1].strip() for line in info.splitlines()
+             if line.startswith("maxmemory_policy:")),
+            "noeviction",
+        )
+        if policy != "noeviction":
+            log.warning(
+                "Redis at %s has maxmemory-policy %s: when full it evicts keys, which loses "
+                "task records without a trace. Set maxmemory-policy noeviction.",
+                self.where, policy,
+            )
+
     async def _load_scripts(self) -> None:
         """SCRIPT LOAD every script (on a cluster: on every primary)."""
         if self._mux is not None:
@@ -694,6 +738,7 @@ def _multiplexer(client: aioredis.Redis) -> Multiplexer:
     user, database), with its socket timeout as the reply watchdog."""
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)  # the multiplexer retries, once per failure
     timeout = kwargs.get("socket_timeout") or 10.0
     return Multiplexer(lambda: pool.connection_class(**kwargs), timeout=float(timeout))
 

@@ -28,8 +28,11 @@ from redis.asyncio.connection import AbstractConnection
 
 #: Failures after which a command is sent again on a new connection: the connection
 #: broke, so the command may or may not have run. Every salvador script is safe to
-#: repeat (see docs/backends/redis.md). Authentication failures are not retried.
-_RETRYABLE = (rx.ConnectionError, rx.TimeoutError)
+#: repeat (see docs/backends/redis.md). Authentication failures are not retried, and
+#: neither are timeouts: a server that stopped answering rarely answers a second ask
+#: sooner, and the caller should hear of it after one timeout, not four.
+_RETRYABLE = (rx.ConnectionError,)
+_BROKEN = (rx.ConnectionError, rx.TimeoutError)
 _BACKOFF = (0.05, 0.1, 0.2)
 
 
@@ -77,7 +80,7 @@ class Multiplexer:
                 link = await self._connected()
                 futures = [self._send(link, args) for args in commands]
                 replies = await asyncio.gather(*futures, return_exceptions=True)
-                broken = next((r for r in replies if isinstance(r, _RETRYABLE)), None)
+                broken = next((r for r in replies if isinstance(r, _BROKEN)), None)
                 if broken is not None:
                     raise broken
                 return replies
@@ -104,9 +107,10 @@ class Multiplexer:
         async with self._lock:
             if self._link is None:
                 conn = self._new_connection()
-                # The watchdog bounds waits instead; a per-read timeout costs a timer each.
-                conn.socket_timeout = None
+                # The handshake (AUTH, SELECT, HELLO) keeps the socket timeout; after it the
+                # watchdog bounds waits instead, as a per-read timeout costs a timer each.
                 await conn.connect()  # type: ignore[no-untyped-call]
+                conn.socket_timeout = None
                 link = _Link(conn, progress=asyncio.get_running_loop().time())
                 link.tasks = [
                     asyncio.create_task(self._read(link)),
@@ -177,7 +181,7 @@ class Multiplexer:
             self._link = None
         waiting, link.waiting = link.waiting, deque()
         link.out = []
-        problem = exc if isinstance(exc, _RETRYABLE) else rx.ConnectionError(str(exc) or type(exc).__name__)
+        problem = exc if isinstance(exc, _BROKEN) else rx.ConnectionError(str(exc) or type(exc).__name__)
         for future in waiting:
             if not future.done():
                 future.set_exception(type(problem)(*problem.args))

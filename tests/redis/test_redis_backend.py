@@ -1,0 +1,307 @@
+"""What the Redis backend promises beyond the conformance suite: blocking claims that wake
+on submit and on due delays (not on `poll_interval`), the multiplexed connection's
+failure handling, retention TTLs, and URL / credential handling.
+
+Checks that stop or kill a server use a private redis-server (servers.py); the rest use
+the shared server under a fresh prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from servers import RedisServer, ServerFactory, command, free_port, unique
+
+from salvador_core import ConfigurationError, Engine, Workflow
+from salvador_core.errors import BackendUnavailableError
+from salvador_core.task import Task, TaskStatus, new_task_id, utcnow
+from salvador_redis import RedisBackend
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
+    async with RedisBackend.from_url(redis_url, prefix=redis_prefix) as backend:
+        yield backend
+
+
+def task(workflow: str = "wf", **fields: object) -> Task:
+    return Task(id=new_task_id(), workflow=workflow, **fields)  # type: ignore[arg-type]
+
+
+# -- waiting without polling --------------------------------------------------------------
+
+
+async def test_blocked_claim_wakes_on_submit_not_on_its_wait(backend: RedisBackend) -> None:
+    waiting = asyncio.create_task(backend.claim("wf", lease=10, wait=30))
+    await asyncio.sleep(0.2)  # the claimer is blocked in BLMOVE by now
+    assert not waiting.done()
+    submitted = await backend.submit(task())
+    began = time.monotonic()
+    claim = await asyncio.wait_for(waiting, 5)
+    assert claim is not None
+    assert claim.task_id == submitted.id
+    assert time.monotonic() - began < 5
+
+
+async def test_delay_added_while_claimers_block_is_honoured_on_time(backend: RedisBackend) -> None:
+    # The claimers chose how long to block before this due time existed.
+    waiting = [asyncio.create_task(backend.claim("wf", lease=10, wait=30)) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    delayed = await backend.submit(task(not_before=utcnow() + timedelta(seconds=0.5)))
+    began = time.monotonic()
+    done, _ = await asyncio.wait(waiting, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    took = time.monotonic() - began
+    claims = [t.result() for t in done]
+    for t in waiting:
+        t.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert [c.task_id for c in claims if c is not None] == [delayed.id]
+    assert 0.4 <= took < 5, f"the delayed task was claimed after {took:.2f}s, due after 0.5s"
+
+
+async def test_idle_worker_starts_a_task_long_before_its_poll_interval(
+    backend: RedisBackend,
+) -> None:
+    wf = Workflow("quick")
+    wf.step("only", lambda ctx: "ok")
+    engine = Engine(backend, workflows=[wf], poll_interval=2.5, lease=5.0, drain_timeout=1.0)
+    await engine.open()
+    runner = asyncio.create_task(engine.run(handle_signals=False))
+    try:
+        await asyncio.sleep(0.3)  # every claimer is blocked now
+        began = time.monotonic()
+        task_id = await engine.submit("quick", b"")
+        while (done := await engine.get_task(task_id)) is None or not done.status.terminal:
+            assert time.monotonic() - began < 1.25, "the idle worker waited for its poll interval"
+            await asyncio.sleep(0.005)
+        assert done.status is TaskStatus.COMPLETED
+    finally:
+        engine.stop()
+        await asyncio.wait_for(runner, 40)
+
+
+# -- the multiplexed connection under failure ---------------------------------------------
+
+
+async def test_connection_killed_with_commands_in_flight_loses_and_doubles_nothing(
+    redis_server_factory: ServerFactory,
+) -> None:
+    server = redis_server_factory("--enable-debug-command", "local")
+    async with RedisBackend.from_url(server.url(unique("mux:"))) as backend:
+        tasks = [await backend.submit(task(body=str(i).encode())) for i in range(200)]
+        stored = [await backend.get(t.id) for t in tasks]
+        connections_before = _stat(server, "total_connections_received")
+
+        async def freeze_then_kill() -> None:
+            # The server sleeps while the backend's commands pile up unanswered on its
+            # connection; the kill is then processed among them: some ran (replies
+            # lost), some never ran. Every one must be retried exactly safely.
+            await asyncio.to_thread(command, server.port, "DEBUG", "SLEEP", "0.5")
+
+        async def kill() -> None:
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(command, server.port, "CLIENT", "KILL", "TYPE", "normal")
+
+        freezer = asyncio.create_task(freeze_then_kill())
+        killer = asyncio.create_task(kill())
+        await asyncio.sleep(0.05)
+        new = [task(body=b"new") for _ in range(50)]
+        results = await asyncio.gather(
+            *(backend.update(t.evolve(step=1), t.version) for t in stored if t is not None),
+            *(backend.submit(t) for t in new),
+            *(backend.claim("wf", lease=0.5, wait=0) for _ in range(50)),
+        )
+        await asyncio.gather(freezer, killer)
+        assert _stat(server, "total_connections_received") > connections_before, "nothing was killed"
+
+        updated = results[:200]
+        assert all(t.version == 2 for t in updated)  # type: ignore[union-attr]
+        for t in tasks:
+            after = await backend.get(t.id)
+            assert after is not None
+            assert (after.version, after.step) == (2, 1), "an update was lost or applied twice"
+        submitted = results[200:250]
+        assert [t.id for t in submitted] == [t.id for t in new]  # type: ignore[union-attr]
+        claims = [c for c in results[250:] if c is not None]
+        claimed = [c.task_id for c in claims]  # type: ignore[union-attr]
+        assert len(claimed) == len(set(claimed)), "one task was leased twice at once"
+
+        # A claim whose reply was lost leaves a lease nobody holds: it expires and the
+        # task is delivered again. Every task comes out; none twice while leased.
+        for c in claims:
+            await backend.ack(c)  # type: ignore[arg-type]
+        seen = set(claimed)
+        deadline = time.monotonic() + 10
+        while len(seen) < 250 and time.monotonic() < deadline:
+            claim = await backend.claim("wf", lease=30, wait=0.6)
+            if claim is not None:
+                assert claim.task_id not in seen, "an acked task was delivered again"
+                seen.add(claim.task_id)
+                await backend.ack(claim)
+        assert seen == {t.id for t in tasks} | {t.id for t in new}, "a task was lost"
+
+
+async def test_stopped_server_fails_commands_after_the_socket_timeout_then_recovers(
+    redis_server_factory: ServerFactory,
+) -> None:
+    server = redis_server_factory()
+    async with RedisBackend.from_url(server.url(unique("stop:"), socket_timeout="0.5")) as backend:
+        stored = await backend.submit(task())
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)  # half-open: the socket stays, no replies
+        try:
+            began = time.monotonic()
+            with pytest.raises(BackendUnavailableError) as failure:
+                await backend.get(stored.id)
+            assert time.monotonic() - began < 5
+            assert f"127.0.0.1:{server.port}" in str(failure.value)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        again = await backend.get(stored.id)
+        assert again is not None
+        assert again.id == stored.id
+
+
+async def test_cancelled_callers_do_not_shift_the_replies_of_others(backend: RedisBackend) -> None:
+    stored = [await backend.submit(task(body=str(i).encode())) for i in range(100)]
+    pending = [asyncio.create_task(backend.get(t.id)) for t in stored]
+    await asyncio.sleep(0)
+    for t in pending[::2]:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for original, t in zip(stored[1::2], pending[1::2], strict=True):
+        got = t.result()
+        assert got is not None
+        assert got.id == original.id
+    for original in stored:
+        got = await backend.get(original.id)
+        assert got is not None
+        assert got.body == original.body
+
+
+# -- retention -----------------------------------------------------------------------------
+
+
+async def test_retention_gives_only_finished_tasks_a_ttl(redis_url: str, redis_prefix: str) -> None:
+    async with RedisBackend.from_url(redis_url, prefix=redis_prefix, retention=60) as backend:
+        done, waiting = await backend.submit(task()), await backend.submit(task())
+        claim = await backend.claim("wf", lease=10, wait=0)
+        assert claim is not None
+        assert claim.task_id == done.id
+        await backend.settle(done.evolve(status=TaskStatus.COMPLETED), 1, claim)
+        record = backend._base("wf") + "t:"
+        ttl = await backend._exec("PTTL", record + done.id)
+        assert 55_000 < ttl <= 60_000
+        assert await backend._exec("PTTL", record + waiting.id) == -1
+        # Run again (requeue): not finished any more, so no TTL.
+        current = await backend.get(done.id)
+        assert current is not None
+        await backend.requeue(current.evolve(status=TaskStatus.PENDING), current.version)
+        assert await backend._exec("PTTL", record + done.id) == -1
+
+
+async def test_expired_finished_tasks_leave_no_trace(redis_url: str, redis_prefix: str) -> None:
+    async with RedisBackend.from_url(redis_url, prefix=redis_prefix, retention=0.2) as backend:
+        done = await backend.submit(task(idempotency_key="k"))
+        claim = await backend.claim("wf", lease=10, wait=0)
+        assert claim is not None
+        await backend.settle(done.evolve(status=TaskStatus.COMPLETED), 1, claim)
+        await asyncio.sleep(1.5)  # the TTL, plus the second the sweep leaves Redis to expire it
+        assert await backend.get(done.id) is None
+        await backend._sweep("wf")
+        assert (await backend.list()).tasks == []
+        assert not await backend._exec("HEXISTS", backend._ids_key, done.id)
+        again = await backend.submit(task(idempotency_key="k"))
+        assert again.id != done.id, "the expired task's idempotency key outlived it"
+
+
+# -- URLs, credentials, tenants -----------------------------------------------------------
+
+
+async def test_acl_user_limited_to_its_prefix_works_and_wrong_password_is_clear(
+    redis_server_factory: ServerFactory,
+) -> None:
+    server = redis_server_factory()
+    from salvador_redis.backend import ACL_RULES
+
+    server.cli("ACL", "SETUSER", "tenant", "on", ">s3cret", "~t1:*", *ACL_RULES.split())
+    good = f"redis://tenant:s3cret@127.0.0.1:{server.port}/0?prefix=t1:"
+    async with RedisBackend.from_url(good) as backend:
+        stored = await backend.submit(task())
+        claim = await backend.claim("wf", lease=5, wait=0)
+        assert claim is not None
+        assert claim.task_id == stored.id
+        assert "s3cret" not in repr(backend)
+    with pytest.raises(ConfigurationError) as refused:
+        async with RedisBackend.from_url(good.replace("s3cret", "wrong")):
+            pass
+    assert "credentials" in str(refused.value)
+    assert "wrong" not in str(refused.value)
+    with pytest.raises(ConfigurationError) as outside:
+        async with RedisBackend.from_url(good.replace("prefix=t1:", "prefix=t2:")) as other:
+            await other.submit(task())
+    assert "ACL" in str(outside.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://h:6379/x", "database number"),
+        ("redis://h:6379/0?prefix=a&prefix=b", "given twice"),
+        ("redis://h:6379/0?bogus=1", "unknown option"),
+        ("redis://h:6379/0?ssl_ca_certs=/ca.pem", "rediss://"),
+        ("redis://h:6379/1?cluster=true", "only database 0"),
+        ("redis://h:6379/0?prefix=a{b", "hash tag"),
+        ("redis://h:6379/0?socket_timeout=-1", "socket_timeout"),
+        ("redis://h:6379/0?retention=soon", "retention"),
+        ("rediss://h:6379/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+    ],
+)
+async def test_bad_urls_are_refused_with_the_reason(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        RedisBackend.from_url(url)
+    assert problem in str(refused.value)
+
+
+async def test_password_never_shows_in_repr_or_errors() -> None:
+    port = free_port()
+    backend = RedisBackend.from_url(f"redis://user:hunter2@127.0.0.1:{port}/0?socket_connect_timeout=0.5")
+    assert "hunter2" not in repr(backend)
+    with pytest.raises(BackendUnavailableError) as failure:
+        await backend.open()
+    assert "hunter2" not in str(failure.value)
+    assert f"127.0.0.1:{port}" in str(failure.value)
+
+
+async def test_a_client_that_decodes_responses_is_refused() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisBackend(client=client)
+    await client.aclose()
+
+
+async def test_a_given_client_is_used_and_left_open(redis_url: str, redis_prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    async with RedisBackend(client=client, prefix=redis_prefix) as backend:
+        stored = await backend.submit(task())
+        assert await backend.get(stored.id) is not None
+    assert await client.ping()
+    await client.aclose()
+
+
+def _stat(server: RedisServer, name: str) -> int:
+    info = server.cli("INFO", "stats")
+    return int(info.split(f"{name}:")[1].split()[0])
