@@ -1,0 +1,781 @@
+"""`sqlite:///path.db`: the embedded default. One file, WAL, several processes on one machine.
+
+Layout. One table, `tasks`, holds each record (the versioned JSON of `encode_task`, as a
+BLOB) beside the columns that compare-and-set and listing need (`version`, `workflow`,
+`status`, `idempotency_key`, `updated_at`, never parsed out of the JSON) and the task's
+queue state (`q_workflow`, `q_due`, `q_receipt`, `q_deliveries`). With both in one row every
+two-part transition is a single statement, so a single atomic transaction:
+
+- submit: one INSERT (record and queue entry); a duplicate idempotency key fails the unique
+  index `(workflow, idempotency_key)` and the existing task is returned instead;
+- claim: one `UPDATE ... RETURNING` that leases the oldest due row and returns its record;
+- a step checkpoint (`update`): one UPDATE fenced by `WHERE version = ?`;
+- settle: one UPDATE that writes the record (fenced) and clears the queue entry only if the
+  claim's receipt is still the current lease; requeue: one UPDATE that writes and enqueues.
+
+A queued row is claimable when `q_due <= now`. `q_due` is the due time of a ready or delayed
+task and the deadline of a leased one, so an expired lease simply becomes due again and is
+re-delivered with `q_deliveries + 1`, and a delayed task holds no lease (`q_receipt` is
+NULL). Times are epoch seconds from this machine's clock, which every process on it shares.
+
+Used as the queue beside another store (split URLs), `enqueue` of an id with no record here
+adds a row without one: invisible to `get` and `list`, deleted when acked.
+
+Concurrency. All database work of one backend object runs on one dedicated thread holding
+one connection, so the event loop never blocks on SQLite. Processes share the file through
+SQLite's own locking: in WAL mode readers never wait and writers take turns; a writer waits
+up to `busy_timeout` seconds for the lock, then fails with `BackendUnavailableError`.
+Multi-statement transactions start with `BEGIN IMMEDIATE` so they never deadlock on a lock
+upgrade.
+
+Waiting in `claim`. A claimer that finds nothing due sleeps until the earliest due time or
+lease deadline of its workflow, and is woken at once by enqueues, releases and requeues made
+through the same backend object. SQLite cannot notify other processes, so while any claimer
+waits, one watcher per backend object reads `PRAGMA data_version` every `watch_interval`
+seconds (a counter in the shared WAL index: no table is read) and wakes the claimers when
+another connection committed. An idle worker therefore picks up a task submitted by another
+process within about `watch_interval` (50 ms); a busy one at its next claim.
+
+Durability. `synchronous=normal` (the default) survives the crash of any process at any
+instant; after a power loss or OS crash the last transactions before it may be rolled back
+(the file stays consistent). `?synchronous=full` makes every commit survive those too, at
+the price of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from salvador_core.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    CorruptRecordError,
+    LeaseLostError,
+)
+from salvador_core.task import (
+    Claim,
+    Page,
+    RecordVersionError,
+    Task,
+    TaskStatus,
+    decode_task,
+    encode_task,
+    purge_statuses,
+    statuses_of,
+    utcnow,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
+
+_T = TypeVar("_T")
+
+#: The layout this code reads and writes, kept in `PRAGMA user_version`. A file with a
+#: newer one is refused: it was written by a newer salvador.
+SCHEMA_VERSION = 1
+
+#: `UPDATE ... RETURNING` arrived in SQLite 3.35 (2021-03).
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+#: SQLite refuses values over SQLITE_MAX_LENGTH (10^9 bytes by default); a record holds the
+#: body in base64 (4/3 larger) beside the step results, so one payload may use a quarter.
+MAX_PAYLOAD_BYTES = 1_000_000_000 // 4
+
+_SYNCHRONOUS = ("normal", "full", "extra")
+_OPTIONS = ("synchronous", "busy_timeout")
+_DEFAULT_BUSY_TIMEOUT = 5.0
+#: A `busy_timeout` above this is taken for milliseconds and refused with a hint.
+_MAX_BUSY_TIMEOUT = 600.0
+_PURGE_BATCH = 500
+
+_SCHEMA = (
+    """
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY NOT NULL,
+        workflow TEXT NOT NULL,
+        record BLOB,
+        status TEXT,
+        version INTEGER,
+        idempotency_key TEXT,
+        updated_at REAL,
+        q_workflow TEXT,
+        q_due REAL,
+        q_receipt TEXT,
+        q_deliveries INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE UNIQUE INDEX tasks_idempotency ON tasks (workflow, idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+    "CREATE INDEX tasks_status ON tasks (status, id)",
+    "CREATE INDEX tasks_queue ON tasks (q_workflow, q_due) WHERE q_workflow IS NOT NULL",
+)
+
+_INSERT = (
+    "INSERT INTO tasks (id, workflow, record, status, version, idempotency_key, updated_at, "
+    "q_workflow, q_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A row without a record is a queue entry enqueued before (or without) its record.
+_FILL_STUB = (
+    "UPDATE tasks SET workflow = ?, record = ?, status = ?, version = ?, idempotency_key = ?, "
+    "updated_at = ? WHERE id = ? AND record IS NULL"
+)
+_UPDATE = (
+    "UPDATE tasks SET record = ?, status = ?, version = ?, updated_at = ? "
+    "WHERE id = ? AND version = ? AND record IS NOT NULL"
+)
+# The ack half applies only while the claim's receipt is the current lease. SET expressions
+# all read the row as it was, so their order does not matter.
+_SETTLE = (
+    "UPDATE tasks SET record = ?1, status = ?2, version = ?3, updated_at = ?4, "
+    "q_workflow = iif(q_receipt = ?7, NULL, q_workflow), q_due = iif(q_receipt = ?7, NULL, q_due), "
+    "q_deliveries = iif(q_receipt = ?7, 0, q_deliveries), q_receipt = iif(q_receipt = ?7, NULL, q_receipt) "
+    "WHERE id = ?5 AND version = ?6 AND record IS NOT NULL"
+)
+_REQUEUE = (
+    "UPDATE tasks SET record = ?1, status = ?2, version = ?3, updated_at = ?4, "
+    "q_due = iif(q_workflow IS NULL, ?7, q_due), "
+    "q_deliveries = iif(q_workflow IS NULL, 0, q_deliveries), q_workflow = coalesce(q_workflow, ?8) "
+    "WHERE id = ?5 AND version = ?6 AND record IS NOT NULL"
+)
+_ENQUEUE = (
+    "INSERT INTO tasks (id, workflow, q_workflow, q_due) VALUES (?1, ?2, ?2, ?3) "
+    "ON CONFLICT (id) DO UPDATE SET q_workflow = excluded.q_workflow, q_due = excluded.q_due, "
+    "q_receipt = NULL, q_deliveries = 0 WHERE q_workflow IS NULL"
+)
+_CLAIM = (
+    "UPDATE tasks SET q_receipt = ?1, q_due = ?2, q_deliveries = q_deliveries + 1 "
+    "WHERE rowid = (SELECT rowid FROM tasks WHERE q_workflow = ?3 AND q_due <= ?4 "
+    "ORDER BY q_due LIMIT 1) "
+    "RETURNING id, q_deliveries, record"
+)
+_NEXT_DUE = "SELECT min(q_due) FROM tasks WHERE q_workflow = ?"
+_EXTEND = "UPDATE tasks SET q_due = ? WHERE id = ? AND q_receipt = ? AND q_due > ?"
+# In RETURNING, SQLite 3.40 evaluates `column IS NULL` wrongly on this table (always
+# false); `typeof(column)` reads the value itself.
+_ACK = (
+    "UPDATE tasks SET q_workflow = NULL, q_due = NULL, q_receipt = NULL, q_deliveries = 0 "
+    "WHERE id = ? AND q_receipt = ? AND q_due > ? RETURNING typeof(record) = 'null'"
+)
+_DROP_STUB = "DELETE FROM tasks WHERE id = ? AND record IS NULL AND q_workflow IS NULL"
+_RELEASE = "UPDATE tasks SET q_receipt = NULL, q_due = ? WHERE id = ? AND q_receipt = ? AND q_due > ?"
+_QUARANTINE = (
+    "INSERT INTO tasks (id, workflow, record, status, version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, record = excluded.record, "
+    "status = excluded.status, version = excluded.version, updated_at = excluded.updated_at"
+)
+
+
+class SQLiteBackend:
+    """Task store and queue in one SQLite file: `sqlite:///relative.db`, `sqlite:////abs.db`.
+
+    Options (URL query or keyword): `synchronous` (`normal`, the default, `full` or
+    `extra`; see the module docstring) and `busy_timeout` (seconds a write waits for
+    another process's lock before failing, default 5). Open it with `async with` or
+    `open()`; it can be closed and opened again.
+    """
+
+    #: See MAX_PAYLOAD_BYTES.
+    max_payload_bytes: int | None = MAX_PAYLOAD_BYTES
+
+    #: Seconds between two cross-process change checks while claimers wait (see module doc).
+    watch_interval: float = 0.05
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "normal",
+        busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        raw = os.fspath(path)
+        if not raw:
+            raise ConfigurationError("the SQLite database path is empty; name a file, e.g. 'salvador.db'")
+        if raw == ":memory:" or raw.startswith("file:"):
+            raise ConfigurationError(
+                f"{raw!r} is not supported: the SQLite backend needs a file that worker processes "
+                "share; use memory:// for an in-process backend"
+            )
+        self.path = os.path.abspath(raw)
+        self.synchronous = _checked_synchronous(synchronous)
+        self.busy_timeout = _checked_busy_timeout(busy_timeout)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._waiting = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._data_version: int | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
+        """The backend for `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`.
+
+        Raises `ConfigurationError` for a URL without a path, with a host, or with an
+        unknown, repeated or invalid option.
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite":
+            raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+        if parts.netloc:
+            raise ConfigurationError(
+                f"sqlite URL {url!r} names a host ({parts.netloc!r}); SQLite URLs have none: "
+                "use sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)"
+            )
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise ConfigurationError(
+                f"sqlite URL {url!r} has no database path; use e.g. sqlite:///salvador.db "
+                "(relative to the working directory) or sqlite:////var/lib/app/salvador.db"
+            )
+        if parts.fragment:
+            raise ConfigurationError(f"sqlite URL {url!r} has a #fragment; remove it (or percent-encode '#')")
+        settings: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            if key in settings:
+                raise ConfigurationError(f"sqlite URL option {key!r} is given twice in {url!r}")
+            settings[key] = value
+        for key, value in options.items():
+            if key in settings:
+                raise ConfigurationError(f"sqlite option {key!r} is given both in the URL and as a keyword")
+            settings[key] = value
+        unknown = sorted(set(settings) - set(_OPTIONS))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown sqlite option(s) {unknown}; known: {', '.join(_OPTIONS)} "
+                "(e.g. sqlite:///salvador.db?synchronous=full&busy_timeout=10)"
+            )
+        return cls(path, **settings)
+
+    def __repr__(self) -> str:
+        state = "open" if self._executor is not None else "closed"
+        return f"SQLiteBackend({self.path!r}, synchronous={self.synchronous!r}, {state})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the file (creating it and the schema if needed). Safe to call twice.
+
+        Raises `ConfigurationError` naming the path when it cannot be used (missing or
+        unwritable directory, not a database, a newer or foreign schema) and
+        `BackendUnavailableError` when another process keeps it locked past `busy_timeout`.
+        """
+        if self._executor is not None:
+            return
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise ConfigurationError(
+                f"the SQLite backend needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
+                f"(for UPDATE ... RETURNING); this Python is linked against SQLite "
+                f"{sqlite3.sqlite_version}. Use a Python build with a newer SQLite, or another backend."
+            )
+        self._check_path()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salvador-sqlite")
+        self._executor = executor
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+        except BaseException:
+            self._executor = None
+            executor.shutdown(wait=False)
+            raise
+
+    async def close(self) -> None:
+        """Close the connection. Safe to call twice; `open()` works again afterwards."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        self._wake_all()
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        finally:
+            executor.shutdown(wait=False)
+            self._data_version = None
+
+    async def __aenter__(self) -> SQLiteBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- store ---------------------------------------------------------------------------
+
+    async def create(self, task: Task) -> Task:
+        stored, _ = await self._insert(task, queued=False)
+        return stored
+
+    async def get(self, task_id: str) -> Task | None:
+        return await self._run(self._get_sync, task_id)
+
+    async def update(self, task: Task, expected_version: int) -> Task:
+        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        params = (
+            encode_task(stored), stored.status.value, stored.version,
+            stored.updated_at.timestamp(), task.id, expected_version,
+        )
+        await self._run(self._fenced_sync, _UPDATE, params, task.id, expected_version)
+        return stored
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: TaskStatus | Iterable[TaskStatus] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        wanted = statuses_of(status)
+        where = ["record IS NOT NULL"]
+        params: builtins.list[Any] = []
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        if wanted is not None:
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            params.extend(sorted(s.value for s in wanted))
+        return await self._run(self._list_sync, " AND ".join(where), params, limit, cursor)
+
+    async def delete(self, task_id: str) -> bool:
+        return await self._run(self._delete_sync, task_id)
+
+    async def purge(self, *, older_than: datetime, statuses: Iterable[TaskStatus]) -> int:
+        wanted = sorted(s.value for s in purge_statuses(statuses))
+        if not wanted:
+            return 0
+        sql = (
+            "DELETE FROM tasks WHERE rowid IN (SELECT rowid FROM tasks WHERE record IS NOT NULL "
+            f"AND status IN ({', '.join('?' * len(wanted))}) AND updated_at < ? LIMIT {_PURGE_BATCH})"
+        )
+        params = (*wanted, older_than.timestamp())
+        total = 0
+        # In batches, each its own transaction, so other processes' writes interleave.
+        while True:
+            deleted = await self._run(self._execute_sync, sql, params)
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                return total
+
+    async def quarantine(self, task: Task) -> Task:
+        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        params = (
+            stored.id, stored.workflow, encode_task(stored), stored.status.value,
+            stored.version, stored.updated_at.timestamp(),
+        )
+        await self._run(self._execute_sync, _QUARANTINE, params)
+        return stored
+
+    # -- queue ---------------------------------------------------------------------------
+
+    async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
+        await self._run(self._execute_sync, _ENQUEUE, (task_id, workflow, _due(not_before)))
+        self._wake(workflow)
+
+    async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(0.0, wait)
+        while True:
+            # Taken before looking, so a wake-up during the look is not lost.
+            event = self._wakeups.setdefault(workflow, asyncio.Event())
+            claim, next_due, data_version = await self._run(self._claim_sync, workflow, lease)
+            if claim is not None:
+                return claim
+            self._observe(data_version)
+            now = loop.time()
+            if now >= give_up:
+                return None
+            nap = give_up - now
+            if next_due is not None:
+                nap = min(nap, max(next_due - time.time(), 0.001))
+            self._waiting += 1
+            if self._watcher is None:
+                self._watcher = asyncio.create_task(self._watch())
+            try:
+                await asyncio.wait_for(event.wait(), nap)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._waiting -= 1
+
+    async def extend(self, claim: Claim, *, lease: float) -> Claim:
+        now = time.time()
+        changed = await self._run(
+            self._execute_sync, _EXTEND, (now + lease, claim.task_id, claim.receipt, now)
+        )
+        if not changed:
+            raise LeaseLostError(claim.task_id, "it expired or was re-delivered")
+        return Claim(claim.task_id, claim.workflow, claim.receipt, claim.deliveries, now + lease)
+
+    async def ack(self, claim: Claim) -> None:
+        await self._run(self._ack_sync, claim.task_id, claim.receipt)
+
+    async def release(self, claim: Claim, *, delay: float = 0.0) -> None:
+        now = time.time()
+        params = (now + max(0.0, delay), claim.task_id, claim.receipt, now)
+        if not await self._run(self._execute_sync, _RELEASE, params):
+            raise LeaseLostError(claim.task_id, "it expired or was re-delivered")
+        self._wake(claim.workflow)
+
+    # -- backend ------------------------------------------------------------------------
+
+    async def submit(self, task: Task) -> Task:
+        stored, inserted = await self._insert(task, queued=True)
+        if inserted:
+            self._wake(task.workflow)
+        return stored
+
+    async def requeue(self, task: Task, expected_version: int) -> Task:
+        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        params = (
+            encode_task(stored), stored.status.value, stored.version, stored.updated_at.timestamp(),
+            task.id, expected_version, _due(task.not_before), task.workflow,
+        )
+        await self._run(self._fenced_sync, _REQUEUE, params, task.id, expected_version)
+        self._wake(task.workflow)
+        return stored
+
+    async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
+        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        params = (
+            encode_task(stored), stored.status.value, stored.version, stored.updated_at.timestamp(),
+            task.id, expected_version, claim.receipt,
+        )
+        await self._run(self._fenced_sync, _SETTLE, params, task.id, expected_version)
+        return stored
+
+    # -- test back doors (used by the conformance suite) ----------------------------------
+
+    async def write_raw(self, task_id: str, raw: bytes) -> None:
+        """Overwrite a record with arbitrary bytes (to test corrupt-record handling)."""
+        sql = "UPDATE tasks SET record = ? WHERE id = ? AND record IS NOT NULL"
+        if not await self._run(self._execute_sync, sql, (raw, task_id)):
+            raise ValueError(f"no task {task_id!r} to overwrite")
+
+    async def expire_lease(self, task_id: str) -> None:
+        """Make the current lease on `task_id` expire now."""
+        sql = "UPDATE tasks SET q_due = 0 WHERE id = ? AND q_receipt IS NOT NULL RETURNING q_workflow"
+        for (workflow,) in await self._run(self._rows_sync, sql, (task_id,)):
+            self._wake(workflow)
+
+    # -- running on the database thread ---------------------------------------------------
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        executor = self._executor
+        if executor is None:
+            raise BackendUnavailableError(
+                f"the SQLite backend for {self.path} is closed; open it first (async with backend)"
+            )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.Error) -> BackendUnavailableError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return BackendUnavailableError(
+                f"SQLite database {self.path} stayed locked by another connection for longer than "
+                f"busy_timeout ({self.busy_timeout:g}s): {text}. Another process holds a long write "
+                "transaction; find it, or raise busy_timeout (e.g. ?busy_timeout=30)."
+            )
+        return BackendUnavailableError(
+            f"SQLite database {self.path} failed: {type(exc).__name__}: {text}. Check the disk "
+            "(space, permissions) and that the file is on a local filesystem."
+        )
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise BackendUnavailableError(f"the SQLite backend for {self.path} is closed; open it first")
+        return self._conn
+
+    def _check_path(self) -> None:
+        """Fail early, naming the path, where SQLite would only say 'unable to open'."""
+        directory = os.path.dirname(self.path)
+        where = f"cannot use the SQLite database {self.path}"
+        if not os.path.isdir(directory):
+            what = "is not a directory" if os.path.exists(directory) else "does not exist"
+            raise ConfigurationError(
+                f"{where}: its directory {directory} {what}; create it (mkdir -p {directory}) "
+                "or point the URL at another path"
+            )
+        if os.path.isdir(self.path):
+            raise ConfigurationError(
+                f"{where}: it is a directory; name a file inside it, e.g. "
+                f"sqlite:///{os.path.join(self.path, 'salvador.db')}"
+            )
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise ConfigurationError(
+                f"{where}: this process (uid {os.getuid()}) cannot read and write the file; "
+                "fix its permissions (chmod u+rw) or run as its owner"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigurationError(
+                f"{where}: this process (uid {os.getuid()}) cannot write to {directory}, where "
+                "SQLite keeps its -wal and -shm files beside the database; fix the directory's "
+                "permissions or move the database"
+            )
+
+    def _connect(self) -> None:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as exc:
+            raise ConfigurationError(f"cannot open the SQLite database {self.path}: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ConfigurationError(
+                    f"SQLite database {self.path} cannot use WAL mode (it stayed in {mode!r}); "
+                    "keep the file on a local filesystem (not NFS/SMB), where WAL works"
+                )
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._prepare_schema(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise self._failure(exc) from None
+                raise ConfigurationError(
+                    f"cannot use the SQLite database {self.path}: {exc}. If it is not a salvador "
+                    "database (or is damaged), point the URL at a new file."
+                ) from None
+            raise
+        self._conn = conn
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        # IMMEDIATE: processes opening a new file at once create the schema one at a time.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"SQLite database {self.path} has salvador schema version {found}, newer than "
+                    f"this salvador understands ({SCHEMA_VERSION}); upgrade salvador on this machine"
+                )
+            if found == 0:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                if tables:
+                    raise ConfigurationError(
+                        f"SQLite database {self.path} already holds {tables} table(s) but no salvador "
+                        "schema version; it belongs to something else: give salvador its own file"
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _execute_sync(self, sql: str, params: Iterable[Any]) -> int:
+        return self._db().execute(sql, tuple(params)).rowcount
+
+    def _rows_sync(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
+        return self._db().execute(sql, tuple(params)).fetchall()
+
+    def _get_sync(self, task_id: str) -> Task | None:
+        row = self._db().execute(
+            "SELECT record FROM tasks WHERE id = ? AND record IS NOT NULL", (task_id,)
+        ).fetchone()
+        return None if row is None else decode_task(row[0], task_id)
+
+    def _fenced_sync(self, sql: str, params: tuple[Any, ...], task_id: str, expected: int) -> None:
+        conn = self._db()
+        if conn.execute(sql, params).rowcount == 1:
+            return
+        row = conn.execute(
+            "SELECT version FROM tasks WHERE id = ? AND record IS NOT NULL", (task_id,)
+        ).fetchone()
+        raise ConflictError(task_id, expected, None if row is None else row[0])
+
+    async def _insert(self, task: Task, *, queued: bool) -> tuple[Task, bool]:
+        """Store `task` with version 1 (and queue it if `queued`), unless its id or its
+        `(workflow, idempotency_key)` exists: then the stored task, unchanged. The flag
+        says whether `task` was inserted."""
+        stored = task.evolve(version=1)
+        row = (
+            stored.id, stored.workflow, encode_task(stored), stored.status.value, 1,
+            stored.idempotency_key, stored.updated_at.timestamp(),
+            stored.workflow if queued else None, _due(stored.not_before) if queued else None,
+        )
+        existing = await self._run(self._insert_sync, row)
+        return (stored, True) if existing is None else (existing, False)
+
+    def _insert_sync(self, row: tuple[Any, ...]) -> Task | None:
+        conn = self._db()
+        try:
+            conn.execute(_INSERT, row)
+            return None
+        except sqlite3.IntegrityError:
+            pass
+        # A duplicate (or a queue entry enqueued before its record): sort it out under the
+        # write lock, so the row that got in the way cannot change meanwhile.
+        task_id, workflow, raw, status, version, key, updated_at = row[:7]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = None
+            if key is not None:
+                found = conn.execute(
+                    "SELECT id, record FROM tasks WHERE workflow = ? AND idempotency_key = ?",
+                    (workflow, key),
+                ).fetchone()
+            if found is None:
+                found = conn.execute(
+                    "SELECT id, record FROM tasks WHERE id = ? AND record IS NOT NULL", (task_id,)
+                ).fetchone()
+            if found is None:
+                filled = conn.execute(
+                    _FILL_STUB, (workflow, raw, status, version, key, updated_at, task_id)
+                ).rowcount
+                if not filled:
+                    conn.execute(_INSERT, row)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return None if found is None else decode_task(found[1], found[0])
+
+    def _list_sync(
+        self, where: str, params: builtins.list[Any], limit: int, cursor: str | None
+    ) -> Page:
+        conn = self._db()
+        batch = max(limit, 0) + 1
+        found: builtins.list[Task] = []
+        after = cursor
+        while len(found) <= limit:
+            if after is None:
+                sql = f"SELECT id, record FROM tasks WHERE {where} ORDER BY id LIMIT ?"
+                args = [*params, batch]
+            else:
+                sql = f"SELECT id, record FROM tasks WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+                args = [*params, after, batch]
+            rows = conn.execute(sql, args).fetchall()
+            for task_id, raw in rows:
+                try:
+                    found.append(decode_task(raw, task_id))
+                except (CorruptRecordError, RecordVersionError):
+                    continue  # skipped here; the engine dead-letters it when claimed
+                if len(found) > limit:
+                    break
+            if len(rows) < batch:
+                break
+            after = rows[-1][0]
+        page = found[: max(limit, 0)]
+        more = len(found) > len(page)
+        return Page(page, page[-1].id if more and page else None)
+
+    def _delete_sync(self, task_id: str) -> bool:
+        rows = self._db().execute(
+            "DELETE FROM tasks WHERE id = ? RETURNING typeof(record) != 'null'", (task_id,)
+        ).fetchall()
+        return bool(rows and rows[0][0])
+
+    def _claim_sync(self, workflow: str, lease: float) -> tuple[Claim | None, float | None, int]:
+        conn = self._db()
+        now = time.time()
+        receipt = secrets.token_hex(8)
+        rows = conn.execute(_CLAIM, (receipt, now + lease, workflow, now)).fetchall()
+        if rows:
+            task_id, deliveries, raw = rows[0]
+            task = _readable(raw, task_id)
+            return Claim(task_id, workflow, receipt, deliveries, now + lease, task), None, 0
+        next_due = conn.execute(_NEXT_DUE, (workflow,)).fetchone()[0]
+        return None, next_due, conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _ack_sync(self, task_id: str, receipt: str) -> None:
+        conn = self._db()
+        rows = conn.execute(_ACK, (task_id, receipt, time.time())).fetchall()
+        if not rows:
+            raise LeaseLostError(task_id, "it expired or was re-delivered")
+        if rows[0][0]:
+            conn.execute(_DROP_STUB, (task_id,))
+
+    def _data_version_sync(self) -> int:
+        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+
+    # -- waking claimers ----------------------------------------------------------------
+
+    def _wake(self, workflow: str) -> None:
+        event = self._wakeups.pop(workflow, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        wakeups, self._wakeups = self._wakeups, {}
+        for event in wakeups.values():
+            event.set()
+
+    def _observe(self, data_version: int) -> None:
+        """Note the database's change counter; a change means another connection committed
+        (maybe an enqueue), so every waiting claimer looks again."""
+        if data_version != self._data_version:
+            if self._data_version is not None:
+                self._wake_all()
+            self._data_version = data_version
+
+    async def _watch(self) -> None:
+        """While claimers wait, check every `watch_interval` for other processes' commits."""
+        try:
+            while self._waiting > 0:
+                await asyncio.sleep(self.watch_interval)
+                self._observe(await self._run(self._data_version_sync))
+        except BackendUnavailableError:
+            pass  # closed, or the file is unusable: waiting claimers fall back to their timeouts
+        finally:
+            if self._watcher is asyncio.current_task():
+                self._watcher = None
+
+
+def _due(not_before: datetime | None) -> float:
+    return time.time() if not_before is None else not_before.timestamp()
+
+
+def _readable(raw: bytes | None, task_id: str) -> Task | None:
+    """The decoded record, or None for one the engine must read (and handle) itself."""
+    if raw is None:
+        return None
+    try:
+        return decode_task(raw, task_id)
+    except (CorruptRecordError, RecordVersionError):
+        return None
+
+
+def _checked_synchronous(value: object) -> str:
+    mode = str(value).strip().lower()
+    if mode not in _SYNCHRONOUS:
+        raise ConfigurationError(
+            f"sqlite option synchronous={value!r} is not one of {', '.join(_SYNCHRONOUS)} "
+            "(normal: safe against process crashes; full: also against power loss)"
+        )
+    return mode
+
+
+def _checked_busy_timeout(value: object) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"sqlite option busy_timeout={value!r} is not a number of seconds"
+        ) from None
+    if not 0 <= seconds <= _MAX_BUSY_TIMEOUT:
+        hint = " (it is in seconds, not milliseconds)" if seconds > _MAX_BUSY_TIMEOUT else ""
+        raise ConfigurationError(
+            f"sqlite option busy_timeout={value!r} must be between 0 and {_MAX_BUSY_TIMEOUT:g} "
+            f"seconds{hint}"
+        )
+    return seconds

@@ -1,0 +1,469 @@
+"""What the SQLite backend promises beyond the conformance suite: URLs, file errors,
+durability across reopening, several real processes on one file, schema versions, locks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from salvador_core import ConfigurationError, Engine, StepContext, Workflow, connect
+from salvador_core.backends.memory import MemoryBackend
+from salvador_core.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from salvador_core.errors import BackendUnavailableError, ConflictError
+from salvador_core.task import Task, TaskStatus, new_task_id
+
+pytestmark = pytest.mark.asyncio
+
+
+def task(workflow: str = "wf", **fields: Any) -> Task:
+    return Task(id=new_task_id(), workflow=workflow, **fields)
+
+
+@pytest_asyncio.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
+    async with SQLiteBackend.from_url(f"sqlite:///{tmp_path / 't.db'}") as b:
+        yield b
+
+
+# -- URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///relative.db", os.path.join(os.getcwd(), "relative.db")),
+        ("sqlite:///sub/dir/tasks.db", os.path.join(os.getcwd(), "sub", "dir", "tasks.db")),
+        ("sqlite:////abs/path.db", "/abs/path.db"),
+        ("sqlite:////abs/with%20space.db", "/abs/with space.db"),
+        ("SQLITE:////abs/upper.db", "/abs/upper.db"),
+    ],
+)
+async def test_url_paths_relative_and_absolute(url: str, expected: str) -> None:
+    assert SQLiteBackend.from_url(url).path == expected
+
+
+async def test_url_options_and_keywords_and_their_defaults() -> None:
+    default = SQLiteBackend.from_url("sqlite:////x/t.db")
+    assert (default.synchronous, default.busy_timeout) == ("normal", 5.0)
+    tuned = SQLiteBackend.from_url("sqlite:////x/t.db?synchronous=FULL&busy_timeout=12.5")
+    assert (tuned.synchronous, tuned.busy_timeout) == ("full", 12.5)
+    keywords = SQLiteBackend.from_url("sqlite:////x/t.db", synchronous="extra", busy_timeout=0)
+    assert (keywords.synchronous, keywords.busy_timeout) == ("extra", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "has no database path"),
+        ("sqlite:///", "has no database path"),
+        ("sqlite://localhost/tasks.db", "names a host"),
+        ("sqlite:///t.db?prefix=app", r"unknown sqlite option\(s\) \['prefix'\]; known: synchronous"),
+        ("sqlite:///t.db?synchronous=off", "not one of normal, full, extra"),
+        ("sqlite:///t.db?busy_timeout=5000", "in seconds, not milliseconds"),
+        ("sqlite:///t.db?busy_timeout=soon", "not a number of seconds"),
+        ("sqlite:///t.db?busy_timeout=-1", "between 0 and 600"),
+        ("sqlite:///t.db?synchronous=full&synchronous=normal", "given twice"),
+        ("sqlite:///:memory:", "use memory://"),
+        ("sqlite:///t.db#frag", "fragment"),
+    ],
+)
+async def test_bad_urls_are_refused_with_what_to_do(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        SQLiteBackend.from_url(url)
+    with pytest.raises(ConfigurationError, match=message):
+        connect(url)  # the scheme registry passes the error through unchanged
+
+
+async def test_option_in_url_and_keyword_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="both in the URL and as a keyword"):
+        SQLiteBackend.from_url("sqlite:///t.db?busy_timeout=1", busy_timeout=2)
+
+
+async def test_engine_from_url_picks_sqlite(tmp_path: Path) -> None:
+    engine = Engine.from_url(f"sqlite:///{tmp_path / 'e.db'}")
+    assert isinstance(engine.store, SQLiteBackend)
+    assert engine.store.path == str(tmp_path / "e.db")
+
+
+# -- unusable files -----------------------------------------------------------------------
+
+
+async def test_missing_directory_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "t.db"
+    b = SQLiteBackend(path)
+    with pytest.raises(ConfigurationError, match=rf"{path}.*{tmp_path / 'nowhere'} does not exist.*mkdir"):
+        await b.open()
+    assert not (tmp_path / "nowhere").exists()
+    with pytest.raises(BackendUnavailableError, match="closed; open it first"):
+        await b.get("x")
+
+
+async def test_directory_as_database_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"is a directory; name a file inside it"):
+        await SQLiteBackend(tmp_path).open()
+
+
+async def test_path_under_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigurationError, match=r"directory .*file is not a directory"):
+        await SQLiteBackend(tmp_path / "file" / "t.db").open()
+
+
+async def test_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are my notes, not a database" * 100)
+    with pytest.raises(ConfigurationError, match=rf"cannot use the SQLite database {path}.*new file"):
+        await SQLiteBackend(path).open()
+    assert path.read_bytes() == b"these are my notes, not a database" * 100
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_unwritable_file_is_refused_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    async with SQLiteBackend(path):
+        pass
+    path.chmod(0o444)
+    try:
+        with pytest.raises(ConfigurationError, match=rf"{path}.*cannot read and write"):
+            await SQLiteBackend(path).open()
+    finally:
+        path.chmod(0o644)
+
+
+async def test_newer_schema_is_refused_and_the_file_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    async with SQLiteBackend(path) as b:
+        await b.create(task())
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.commit()
+    raw.close()
+    with pytest.raises(ConfigurationError, match=rf"schema version {SCHEMA_VERSION + 1}.*upgrade salvador"):
+        await SQLiteBackend(path).open()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    assert raw.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+    raw.close()
+
+
+async def test_someone_elses_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE tasks (title TEXT)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(ConfigurationError, match=r"1 table.*no salvador schema version.*its own file"):
+        await SQLiteBackend(path).open()
+
+
+async def test_too_old_sqlite_is_refused_with_the_version_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    with pytest.raises(ConfigurationError, match=r"needs SQLite 3\.35\.0 or newer.*RETURNING"):
+        await SQLiteBackend(tmp_path / "t.db").open()
+
+
+# -- the file -----------------------------------------------------------------------------
+
+
+async def test_database_is_in_wal_mode_with_the_chosen_synchronous(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with SQLiteBackend.from_url(f"sqlite:///{path}?synchronous=full") as b:
+        assert await b._run(lambda: b._db().execute("PRAGMA synchronous").fetchone()[0]) == 2
+        raw = sqlite3.connect(path)
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        raw.close()
+
+
+async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with SQLiteBackend(path) as first:
+        leased = await first.submit(task(body=b"leased"))
+        waiting = await first.submit(task(body=b"waiting"))
+        claim = await first.claim("wf", lease=60, wait=0)
+        assert claim is not None
+        assert claim.task_id == leased.id
+        running = await first.update(leased.evolve(status=TaskStatus.RUNNING, step=1), 1)
+    async with SQLiteBackend(path) as second:
+        assert await second.get(leased.id) == running
+        # The lease taken before closing still holds: only the other task is claimable.
+        again = await second.claim("wf", lease=60, wait=0)
+        assert again is not None
+        assert again.task_id == waiting.id
+        assert await second.claim("wf", lease=60, wait=0) is None
+        await second.extend(claim, lease=60)  # the old process's claim is still current
+        await second.settle(running.evolve(status=TaskStatus.COMPLETED), running.version, claim)
+    async with SQLiteBackend(path) as third:
+        done = await third.get(leased.id)
+        assert done is not None
+        assert done.status is TaskStatus.COMPLETED
+        page = await third.list(status=TaskStatus.COMPLETED)
+        assert [t.id for t in page.tasks] == [leased.id]
+
+
+async def test_closed_backend_says_so(tmp_path: Path) -> None:
+    b = SQLiteBackend(tmp_path / "t.db")
+    with pytest.raises(BackendUnavailableError, match=r"t\.db is closed; open it first"):
+        await b.create(task())
+    await b.open()
+    await b.open()
+    await b.close()
+    await b.close()
+    with pytest.raises(BackendUnavailableError, match="closed"):
+        await b.claim("wf", lease=1, wait=0)
+
+
+# -- the hot path -------------------------------------------------------------------------
+
+
+async def test_each_transition_of_a_task_is_one_statement(backend: SQLiteBackend) -> None:
+    """submit, claim, checkpoint and settle each cost exactly one SQL statement, hence one
+    transaction; a regression here costs throughput on every task."""
+    statements: list[str] = []
+    await backend._run(lambda: backend._db().set_trace_callback(statements.append))
+
+    async def count(coro: Any) -> Any:
+        statements.clear()
+        result = await coro
+        assert len(statements) == 1, statements
+        return result
+
+    stored = await count(backend.submit(task()))
+    claim = await count(backend.claim("wf", lease=30, wait=0))
+    assert claim.task == stored  # the claim carries the record: no second read
+    running = await count(backend.update(stored.evolve(status=TaskStatus.RUNNING), 1))
+    checkpoint = await count(backend.update(running.evolve(step=1, results={"a": 1}), 2))
+    await count(backend.extend(claim, lease=30))
+    await count(backend.settle(checkpoint.evolve(status=TaskStatus.COMPLETED), 3, claim))
+
+
+# -- split store and queue ----------------------------------------------------------------
+
+
+async def test_as_a_queue_beside_another_store(backend: SQLiteBackend) -> None:
+    """Split URLs: records live elsewhere, SQLite only delivers ids."""
+    wf = Workflow("split")
+
+    @wf.step()
+    def only(ctx: StepContext) -> str:
+        return str(ctx.json()["say"])
+
+    async with Engine(MemoryBackend(), backend, workflows=[wf], poll_interval=0.05) as engine:
+        task_id = await engine.submit("split", {"say": "hi"})
+        assert await backend.get(task_id) is None  # a queue entry is not a record
+        assert (await backend.list()).tasks == []
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        try:
+            for _ in range(500):
+                done = await engine.get_task(task_id)
+                if done is not None and done.status is TaskStatus.COMPLETED:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            engine.stop()
+            await worker
+    assert done is not None
+    assert done.results == {"only": "hi"}
+    async with SQLiteBackend(backend.path) as reopened:
+        rows = await reopened._run(lambda: reopened._db().execute("SELECT count(*) FROM tasks").fetchone())
+    assert rows == (0,), "the acked queue entry was left behind"
+
+
+async def test_record_created_after_its_queue_entry_fills_it(backend: SQLiteBackend) -> None:
+    early = task()
+    await backend.enqueue("wf", early.id)
+    stored = await backend.create(early)
+    assert stored.id == early.id
+    assert stored.version == 1
+    assert await backend.get(early.id) == stored
+    claim = await backend.claim("wf", lease=5, wait=0)
+    assert claim is not None
+    assert claim.task == stored
+
+
+# -- several processes --------------------------------------------------------------------
+
+_CLAIMER = """
+import asyncio, json, sys
+from salvador_core.backends.sqlite import SQLiteBackend
+
+async def main():
+    got = []
+    async with SQLiteBackend(sys.argv[1]) as b:
+        while True:
+            claim = await b.claim("wf", lease=60, wait=0.5)
+            if claim is None:
+                break
+            await b.ack(claim)
+            got.append([claim.task_id, claim.deliveries])
+    print(json.dumps(got))
+
+asyncio.run(main())
+"""
+
+_SUBMITTER = """
+import asyncio, json, sys
+from salvador_core.backends.sqlite import SQLiteBackend
+from salvador_core.task import Task, new_task_id
+
+async def main():
+    async with SQLiteBackend(sys.argv[1]) as b:
+        ids = []
+        for key in range(int(sys.argv[2])):
+            t = Task(id=new_task_id(), workflow="wf", idempotency_key=f"key-{key}")
+            ids.append((await b.submit(t)).id)
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def spawn(procs: list[subprocess.Popen[str]], script: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    procs.append(proc)
+    return proc
+
+
+async def output_of(proc: subprocess.Popen[str]) -> Any:
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+async def test_processes_claiming_from_one_file_never_share_a_task(
+    backend: SQLiteBackend, processes: list[subprocess.Popen[str]]
+) -> None:
+    ids = {(await backend.submit(task())).id for _ in range(600)}
+    claimers = [spawn(processes, _CLAIMER, backend.path) for _ in range(4)]
+    results = [await output_of(p) for p in claimers]
+    delivered = Counter(task_id for got in results for task_id, _ in got)
+    assert set(delivered) == ids
+    assert max(delivered.values()) == 1, "a task was delivered twice"
+    assert {deliveries for got in results for _, deliveries in got} == {1}
+    assert sum(1 for got in results if got) >= 2, "the work should have been shared"
+
+
+async def test_concurrent_duplicate_submits_from_processes_store_one_task_per_key(
+    backend: SQLiteBackend, processes: list[subprocess.Popen[str]]
+) -> None:
+    submitters = [spawn(processes, _SUBMITTER, backend.path, "100") for _ in range(4)]
+    results = [await output_of(p) for p in submitters]
+    assert all(r == results[0] for r in results), "processes disagree on which task a key names"
+    page = await backend.list(limit=1000)
+    assert sorted(t.id for t in page.tasks) == sorted(results[0])
+    assert len(page.tasks) == 100
+    claims = []
+    while (claim := await backend.claim("wf", lease=60, wait=0)) is not None:
+        claims.append(claim.task_id)
+    assert sorted(claims) == sorted(results[0]), "each key's task is queued exactly once"
+
+
+async def test_waiting_claimer_wakes_for_a_submit_from_another_process(
+    backend: SQLiteBackend, processes: list[subprocess.Popen[str]]
+) -> None:
+    started = time.monotonic()
+    waiting = asyncio.create_task(backend.claim("wf", lease=30, wait=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    submitted = await output_of(spawn(processes, _SUBMITTER, backend.path, "1"))
+    claim = await asyncio.wait_for(waiting, 30)
+    assert claim is not None
+    assert claim.task_id == submitted[0]
+    # Far below the 30 s wait: it was woken, not timed out (the check runs every 50 ms).
+    assert time.monotonic() - started < 15
+
+
+# -- locks --------------------------------------------------------------------------------
+
+
+def hold_write_lock(path: str, seconds: float, locked: threading.Event) -> None:
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute("UPDATE tasks SET updated_at = updated_at")
+    locked.set()
+    time.sleep(seconds)
+    raw.execute("COMMIT")
+    raw.close()
+
+
+async def ticks_while(coro: Any) -> tuple[Any, int]:
+    """Run `coro` and count 10 ms ticks of the event loop meanwhile (0 = loop blocked)."""
+    ticks = 0
+    finished = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not finished:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    counting = asyncio.create_task(ticker())
+    try:
+        return await coro, ticks
+    finally:
+        finished = True
+        await counting
+
+
+async def test_writer_waits_for_another_process_lock_without_blocking_the_loop(
+    backend: SQLiteBackend,
+) -> None:
+    locked = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(backend.path, 0.5, locked))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 5)
+        stored, ticks = await ticks_while(backend.submit(task()))
+    finally:
+        await asyncio.to_thread(holder.join)
+    assert await backend.get(stored.id) == stored
+    assert ticks >= 10, "the event loop was blocked while SQLite waited for the lock"
+
+
+async def test_lock_held_past_busy_timeout_is_a_clear_unavailable_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    async with SQLiteBackend.from_url(f"sqlite:///{path}?busy_timeout=0.2") as b:
+        kept = await b.create(task())
+        locked = threading.Event()
+        holder = threading.Thread(target=hold_write_lock, args=(path, 1.5, locked))
+        holder.start()
+        try:
+            assert await asyncio.to_thread(locked.wait, 5)
+            stuck = rf"{path} stayed locked.*busy_timeout \(0\.2s\)"
+            with pytest.raises(BackendUnavailableError, match=stuck):
+                await ticks_while(b.update(kept.evolve(step=1), 1))
+            # Reads are not blocked by a writer in WAL mode.
+            assert await b.get(kept.id) == kept
+        finally:
+            await asyncio.to_thread(holder.join)
+        # Nothing was written by the failed update, and the backend works on.
+        updated = await b.update(kept.evolve(step=1), 1)
+        assert updated.version == 2
+        with pytest.raises(ConflictError):
+            await b.update(kept.evolve(step=2), 1)
