@@ -1,0 +1,677 @@
+"""salvador's throughput and latency, per backend, printed as a Markdown table.
+
+    python bench/bench.py                       # memory, sqlite, redis; about 2 minutes
+    python bench/bench.py --quick               # fewer tasks, for a smoke run
+    python bench/bench.py --backends redis --tasks 5000
+
+The producer and the engine (the worker) run in this one process, on one event loop:
+every figure is what a single Python process achieves. bench/README.md says what each
+column measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from salvador_core import ConfigurationError, Engine, StepContext, Task, TaskStatus, Workflow
+
+ALL_BACKENDS = ("memory", "sqlite", "redis")
+CONCURRENCIES = (1, 10, 100)
+#: The Redis server the bench uses; a unique key prefix per run keeps it apart from
+#: anything else on the server, and every key it wrote is deleted afterwards.
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Longest the bench waits for one phase before it reports the run as failed.
+PHASE_TIMEOUT = 180.0
+
+
+# -- what one run measures -----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    backend: str
+    steps: int
+    concurrency: int
+    tasks: int = 0
+    submits_per_s: float = 0.0
+    completed_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    skipped: str | None = None
+    redis: RedisCounts | None = None
+
+
+@dataclass
+class RedisCounts:
+    """Commands per task seen by the client (round trips) and by the server, per phase."""
+
+    submit_client: float = 0.0
+    run_client: float = 0.0
+    run_writes: float = 0.0
+    submit_server: float = 0.0
+    run_server: float = 0.0
+    submit_names: dict[str, float] = field(default_factory=dict)
+    run_names: dict[str, float] = field(default_factory=dict)
+    run_breakdown: dict[str, float] = field(default_factory=dict)
+
+
+class Completions:
+    """Lets a waiter know when a task's last step has run (in this process), without
+    asking the backend."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.all_done = asyncio.Event()
+        self.finished: set[str] = set()
+        self.waiters: dict[str, asyncio.Future[None]] = {}
+        self.track_ids = False
+
+    def step_ran(self, task_id: str) -> None:
+        self.count += 1
+        if self.target and self.count >= self.target:
+            self.all_done.set()
+        if self.track_ids:
+            fut = self.waiters.pop(task_id, None)
+            if fut is None:
+                self.finished.add(task_id)
+            elif not fut.done():
+                fut.set_result(None)
+
+    async def last_step_of(self, task_id: str) -> None:
+        if task_id in self.finished:
+            self.finished.discard(task_id)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[task_id] = fut
+        await fut
+
+
+def workflow(steps: int, completions: Completions) -> Workflow:
+    """`steps` no-op async steps; the last one tells `completions`."""
+    wf = Workflow(f"bench-{steps}-step")
+
+    async def noop(ctx: StepContext) -> None:
+        return None
+
+    async def last(ctx: StepContext) -> None:
+        completions.step_ran(ctx.task.id)
+
+    for i in range(steps - 1):
+        wf.step(f"s{i + 1}", noop)
+    wf.step(f"s{steps}", last)
+    return wf
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def gather_limited(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(coros), limit):
+        out.extend(await asyncio.gather(*coros[i : i + limit]))
+    return out
+
+
+async def fetch_all(engine: Engine, ids: list[str]) -> list[Task]:
+    """Every task in `ids`, once it is terminal (the final write may still be in flight)."""
+    tasks: dict[str, Task] = {}
+    pending = list(ids)
+    deadline = time.monotonic() + 30
+    while pending:
+        fetched = await gather_limited([engine.get_task(i) for i in pending], 200)
+        for task_id, task in zip(pending, fetched, strict=True):
+            if task is not None and task.status.terminal:
+                tasks[task_id] = task
+        pending = [i for i in pending if i not in tasks]
+        if pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} task(s) never finished, e.g. {pending[0]}")
+            await asyncio.sleep(0.01)
+    bad = [t for t in tasks.values() if t.status is not TaskStatus.COMPLETED]
+    if bad:
+        raise RuntimeError(f"{len(bad)} task(s) did not complete, e.g. {bad[0].id}: {bad[0].error}")
+    return [tasks[i] for i in ids]
+
+
+async def submit_all(engine: Engine, name: str, n: int, concurrency: int) -> list[str]:
+    """Submit `n` tasks from `concurrency` concurrent submitters."""
+    ids: list[str] = []
+    left = n
+
+    async def submitter() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            ids.append(await engine.submit(name, b"{}"))
+
+    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    return ids
+
+
+async def closed_loop(engine: Engine, name: str, n: int, concurrency: int, done: Completions,
+                      idle_gap: float = 0.0) -> list[float]:
+    """`concurrency` clients, each submitting one task and waiting for it to complete
+    before the next; returns submit-to-completed latencies in seconds, from the records.
+    `idle_gap` pauses between a completion and the next submit, so the worker is idle
+    (blocked waiting for work) when the task arrives."""
+    done.track_ids = True
+    latencies: list[float] = []
+    left = n
+
+    async def client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            if idle_gap:
+                await asyncio.sleep(idle_gap)
+            task_id = await engine.submit(name, b"{}")
+            await asyncio.wait_for(done.last_step_of(task_id), PHASE_TIMEOUT)
+            (task,) = await fetch_all(engine, [task_id])
+            latencies.append((task.updated_at - task.created_at).total_seconds())
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    done.track_ids = False
+    return latencies
+
+
+# -- Redis instrumentation -----------------------------------------------------------------
+
+
+class ClientCounter:
+    """Counts the commands (and socket writes) this process sends to Redis, whatever
+    client object sends them: it wraps redis-py's command packing."""
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.writes = 0
+        self.names: Counter[str] = Counter()
+        self._installed = False
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        from redis.asyncio.connection import AbstractConnection
+
+        pack_one = AbstractConnection.pack_command
+        pack_many = AbstractConnection.pack_commands
+        send = AbstractConnection.send_packed_command
+        counter = self
+
+        def pack_command(conn: Any, *args: Any) -> Any:
+            counter.count(args)
+            return pack_one(conn, *args)
+
+        def pack_commands(conn: Any, commands: Any) -> Any:
+            commands = list(commands)
+            for args in commands:
+                counter.count(args)
+            return pack_many(conn, commands)
+
+        async def send_packed_command(conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+            counter.writes += 1
+            return await send(conn, command, *args, **kwargs)
+
+        AbstractConnection.pack_command = pack_command  # type: ignore[method-assign,assignment]
+        AbstractConnection.pack_commands = pack_commands  # type: ignore[method-assign,assignment]
+        AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign,assignment]
+        self._installed = True
+
+    def count(self, args: Any) -> None:
+        self.commands += 1
+        name = args[0] if args else b"?"
+        self.names[(name.decode() if isinstance(name, bytes) else str(name)).lower()] += 1
+
+    def snapshot(self) -> tuple[int, int, Counter[str]]:
+        return self.commands, self.writes, Counter(self.names)
+
+
+CLIENT_COUNTER = ClientCounter()
+
+
+async def commandstats(client: Any) -> Counter[str]:
+    """Calls per command on the server so far (commands run inside scripts included)."""
+    info = await client.info("commandstats")
+    calls: Counter[str] = Counter()
+    for key, value in info.items():
+        name = key.removeprefix("cmdstat_")
+        if name != "info":
+            calls[name] = int(value["calls"])
+    return calls
+
+
+async def redis_ceiling(client: Any, seconds: float) -> dict[str, float]:
+    """Round trips per second a plain redis-py asyncio client gets from the server:
+    one at a time, and with 100 in flight (PING, and EVALSHA of `return 1`)."""
+    sha = await client.script_load("return 1")
+
+    async def rate(op: Callable[[], Awaitable[Any]], in_flight: int) -> float:
+        count = 0
+        stop = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            nonlocal count
+            while time.perf_counter() < stop:
+                await op()
+                count += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(in_flight)))
+        return count / (time.perf_counter() - start)
+
+    return {
+        "ping_seq": await rate(client.ping, 1),
+        "ping_100": await rate(client.ping, 100),
+        "evalsha_100": await rate(lambda: client.evalsha(sha, 0), 100),
+    }
+
+
+# -- backends ------------------------------------------------------------------------------
+
+
+class BackendSetup:
+    """Makes a fresh, isolated URL for each run of one backend, and cleans up after."""
+
+    name = ""
+
+    async def unavailable(self) -> str | None:
+        """Why this backend cannot be benchmarked here, or None."""
+        return None
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        raise NotImplementedError
+        yield ""
+
+    def describe(self) -> str:
+        return ""
+
+
+class MemorySetup(BackendSetup):
+    name = "memory"
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        yield "memory://"
+
+
+class SQLiteSetup(BackendSetup):
+    name = "sqlite"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.runs = 0
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        self.runs += 1
+        run_dir = self.directory / f"run-{self.runs}"
+        await asyncio.to_thread(run_dir.mkdir)
+        try:
+            yield f"sqlite:///{run_dir / 'bench.db'}"
+        finally:
+            await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+    def describe(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version} (file in {self.directory}, default settings)"
+
+
+class RedisSetup(BackendSetup):
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.version = "?"
+        self.prefix_base = f"salvador-bench-{os.getpid()}-{secrets.token_hex(3)}-"
+        self.runs = 0
+
+    async def unavailable(self) -> str | None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            return "redis-py not installed (pip install 'salvador[redis]')"
+        client = aioredis.Redis(
+            host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2, max_connections=200
+        )
+        try:
+            info = await asyncio.wait_for(client.info("server"), 3)
+        except Exception as exc:
+            await client.aclose()
+            return f"no Redis server answers on {REDIS_HOST}:{REDIS_PORT} ({type(exc).__name__})"
+        self.client = client
+        self.version = str(info.get("redis_version", "?"))
+        CLIENT_COUNTER.install()
+        return None
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        self.runs += 1
+        prefix = f"{self.prefix_base}{self.runs}:"
+        try:
+            yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+        finally:
+            await self.delete_keys(prefix)
+
+    async def delete_keys(self, prefix: str) -> None:
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self.client.unlink(*batch)
+                batch = []
+        if batch:
+            await self.client.unlink(*batch)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def describe(self) -> str:
+        return f"Redis {self.version} on {REDIS_HOST}:{REDIS_PORT} (redis-py, key prefix {self.prefix_base}*)"
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+async def run_one(setup: BackendSetup, steps: int, concurrency: int, tasks: int,
+                  latency_tasks: int) -> Row:
+    row = Row(setup.name, steps, concurrency, tasks)
+    done = Completions()
+    wf = workflow(steps, done)
+    redis_client = setup.client if isinstance(setup, RedisSetup) else None
+    async with setup.fresh_url() as url:
+        engine = Engine.from_url(url, workflows=[wf], concurrency=concurrency)
+        async with engine:
+            # Phase 1: submit everything, no worker running.
+            before = await _redis_marks(redis_client)
+            start = time.perf_counter()
+            ids = await asyncio.wait_for(submit_all(engine, wf.name, tasks, concurrency), PHASE_TIMEOUT)
+            row.submits_per_s = tasks / (time.perf_counter() - start)
+            after_submit = await _redis_marks(redis_client)
+
+            # Phase 2: a worker drains the backlog.
+            done.target = tasks
+            run_started = time.time()
+            worker = asyncio.create_task(engine.run(handle_signals=False))
+            try:
+                await asyncio.wait_for(done.all_done.wait(), PHASE_TIMEOUT)
+                records = await fetch_all(engine, ids)
+                finished = max(t.updated_at.timestamp() for t in records)
+                row.completed_per_s = tasks / (finished - run_started)
+                after_run = await _redis_marks(redis_client)
+
+                # Phase 3: latency with `concurrency` tasks in flight.
+                lat = await closed_loop(engine, wf.name, latency_tasks, concurrency, done)
+                row.p50_ms = percentile(lat, 0.5) * 1000
+                row.p99_ms = percentile(lat, 0.99) * 1000
+            finally:
+                engine.stop()
+                await worker
+    if redis_client is not None:
+        row.redis = _redis_counts(before, after_submit, after_run, tasks)
+    return row
+
+
+async def idle_latency(setup: BackendSetup, samples: int) -> float:
+    """Submit-to-completed p50 (ms) of a 3-step task arriving at an idle worker."""
+    done = Completions()
+    wf = workflow(3, done)
+    async with setup.fresh_url() as url:
+        engine = Engine.from_url(url, workflows=[wf], concurrency=1)
+        async with engine:
+            worker = asyncio.create_task(engine.run(handle_signals=False))
+            try:
+                await asyncio.sleep(0.2)  # let the claim loop reach its blocking wait
+                lat = await closed_loop(engine, wf.name, samples, 1, done, idle_gap=0.01)
+            finally:
+                engine.stop()
+                await worker
+    return percentile(lat, 0.5) * 1000
+
+
+@dataclass
+class Mark:
+    """Counters at one instant: client commands (total, socket writes, by name) and the
+    server's calls by command."""
+
+    commands: int
+    writes: int
+    names: Counter[str]
+    server: Counter[str]
+
+
+async def _redis_marks(client: Any) -> Mark | None:
+    if client is None:
+        return None
+    server = await commandstats(client)
+    commands, writes, names = CLIENT_COUNTER.snapshot()
+    return Mark(commands, writes, names, server)
+
+
+def _redis_counts(before: Mark | None, mid: Mark | None, after: Mark | None, tasks: int) -> RedisCounts:
+    assert before is not None
+    assert mid is not None
+    assert after is not None
+    # Each mark's own INFO goes through the counted client; leave it out.
+    info = Counter({"info": 1})
+    submit_names = mid.names - before.names - info
+    run_names = after.names - mid.names - info
+    submit_server = mid.server - before.server
+    run_server = after.server - mid.server
+    return RedisCounts(
+        submit_client=sum(submit_names.values()) / tasks,
+        run_client=sum(run_names.values()) / tasks,
+        run_writes=(after.writes - mid.writes - 1) / tasks,
+        submit_server=sum(submit_server.values()) / tasks,
+        run_server=sum(run_server.values()) / tasks,
+        submit_names={k: v / tasks for k, v in submit_names.most_common(6)},
+        run_names={k: v / tasks for k, v in run_names.most_common(6)},
+        run_breakdown={k: v / tasks for k, v in run_server.most_common(6)},
+    )
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_ms(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| backend | workflow | concurrency | tasks | submits/s | completed/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        wf = f"{r.steps}-step no-op"
+        if r.skipped and not r.steps:
+            lines.append(f"| {r.backend} | - | - | - | skipped: {r.skipped} | | | |")
+        elif r.skipped:
+            lines.append(f"| {r.backend} | {wf} | {r.concurrency} | - | {r.skipped} | | | |")
+        else:
+            lines.append(
+                f"| {r.backend} | {wf} | {r.concurrency} | {r.tasks:,} | {fmt_rate(r.submits_per_s)} | "
+                f"{fmt_rate(r.completed_per_s)} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} |"
+            )
+    return "\n".join(lines)
+
+
+def _per_task(counts: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in counts.items())
+
+
+def redis_report(rows: list[Row], ceiling: dict[str, float] | None, idle_ms: float | None) -> str:
+    ref = next((r for r in rows if r.backend == "redis" and r.steps == 3 and r.concurrency == 100
+                and not r.skipped and r.redis), None)
+    if ref is None or ref.redis is None or ceiling is None:
+        return ""
+    c = ref.redis
+    rt_s = ceiling["ping_100"]
+    out = [
+        "Redis ceiling from this process (redis-py asyncio, one connection per call in flight):",
+        f"  sequential PING {fmt_rate(ceiling['ping_seq'])}/s; 100 in flight: PING "
+        f"{fmt_rate(rt_s)}/s, EVALSHA(return 1) {fmt_rate(ceiling['evalsha_100'])}/s",
+        f"Round trips per 3-step task (concurrency 100, commands sent by the client): "
+        f"submit {c.submit_client:.2f} ({_per_task(c.submit_names)}), run {c.run_client:.2f} "
+        f"({_per_task(c.run_names)}; in {c.run_writes:.2f} socket writes)",
+        f"  server-side commands per task, scripts' inner calls included: submit {c.submit_server:.1f}, "
+        f"run {c.run_server:.1f} ({_per_task(c.run_breakdown)})",
+    ]
+    if c.run_client > 0:
+        ceiling_tasks = rt_s / c.run_client
+        ratio = ref.completed_per_s / ceiling_tasks
+        out.append(
+            f"Worker at concurrency 100: {fmt_rate(ref.completed_per_s)} tasks/s vs ceiling "
+            f"{fmt_rate(rt_s)} RT/s / {c.run_client:.2f} RT per task = {fmt_rate(ceiling_tasks)} tasks/s: "
+            f"{ratio:.0%} (target >= 50%)"
+        )
+    if c.submit_client > 0:
+        ceiling_submits = rt_s / c.submit_client
+        out.append(
+            f"Submits at concurrency 100: {fmt_rate(ref.submits_per_s)}/s vs ceiling "
+            f"{fmt_rate(ceiling_submits)}/s: {ref.submits_per_s / ceiling_submits:.0%}"
+        )
+    if idle_ms is not None:
+        out.append(f"Idle worker, submit-to-completed p50: {fmt_ms(idle_ms)} ms (target < 3 ms)")
+    return "\n".join(out)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    backends: list[str]
+    tasks: int
+    quick: bool
+
+    def runs(self) -> Iterator[tuple[int, int, int, int]]:
+        """(steps, concurrency, tasks, latency samples) for each row of a backend."""
+        for c in CONCURRENCIES:
+            n = max(20, self.tasks // 10) if c == 1 else self.tasks
+            yield 3, c, n, self.latency_samples(c, n)
+        yield 1, 100, self.tasks, self.latency_samples(100, self.tasks)
+
+    def latency_samples(self, concurrency: int, tasks: int) -> int:
+        return min(tasks, max(100 if not self.quick else 30, 5 * concurrency))
+
+
+async def bench(plan: Plan) -> int:
+    rows: list[Row] = []
+    notes: list[str] = []
+    ceiling: dict[str, float] | None = None
+    idle: dict[str, float] = {}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="salvador-bench-") as tmp:
+        setups: dict[str, BackendSetup] = {
+            "memory": MemorySetup(), "sqlite": SQLiteSetup(Path(tmp)), "redis": RedisSetup()
+        }
+        for name in plan.backends:
+            setup = setups[name]
+            reason = await setup.unavailable()
+            if reason is None:
+                reason = await _probe(setup)
+            if reason is not None:
+                print(f"[{name}] skipped: {reason}", file=sys.stderr, flush=True)
+                rows.append(Row(name, 0, 0, skipped=reason))
+                continue
+            if setup.describe():
+                notes.append(setup.describe())
+            for steps, c, n, m in plan.runs():
+                print(f"[{name}] {steps}-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                try:
+                    row = await run_one(setup, steps, c, n, m)
+                except Exception as exc:
+                    failed = True
+                    row = Row(name, steps, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160])
+                rows.append(row)
+                print(f"[{name}]   done in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+            try:
+                idle[name] = await idle_latency(setup, 30 if plan.quick else 100)
+            except Exception as exc:
+                failed = True
+                notes.append(f"{name}: idle-worker latency FAILED: {type(exc).__name__}: {exc}")
+            if isinstance(setup, RedisSetup):
+                ceiling = await redis_ceiling(setup.client, 0.5 if plan.quick else 1.5)
+                await setup.close()
+
+    print()
+    print(f"salvador bench: one process (producer and engine on one event loop), "
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}")
+    for note in notes:
+        print(f"  {note}")
+    print()
+    print(table(rows))
+    print()
+    if idle:
+        print("Idle worker, 3-step submit-to-completed p50: "
+              + ", ".join(f"{k} {fmt_ms(v)} ms" for k, v in idle.items()))
+    report = redis_report(rows, ceiling, idle.get("redis"))
+    if report:
+        print(report)
+    return 1 if failed else 0
+
+
+async def _probe(setup: BackendSetup) -> str | None:
+    """None when the backend's URL scheme loads and opens, else why not."""
+    try:
+        async with setup.fresh_url() as url:
+            engine = Engine.from_url(url, workflows=[workflow(1, Completions())])
+            async with engine:
+                pass
+    except ConfigurationError as exc:
+        return str(exc).split(";")[0][:120]
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:120]
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="salvador's throughput and latency per backend.")
+    parser.add_argument(
+        "--backends", default=",".join(ALL_BACKENDS),
+        help=f"comma-separated, from {', '.join(ALL_BACKENDS)} (default: all)",
+    )
+    parser.add_argument(
+        "--tasks", type=int, default=None,
+        help="tasks per run at concurrency 10 and 100 (a tenth at concurrency 1); default 5000, "
+        "300 with --quick",
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown or not backends:
+        parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(ALL_BACKENDS)}")
+    tasks = args.tasks if args.tasks is not None else (300 if args.quick else 5000)
+    if tasks < 1:
+        parser.error("--tasks must be at least 1")
+    return asyncio.run(bench(Plan(backends, tasks, args.quick)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
