@@ -77,7 +77,14 @@ ensure_redis() {
         return
     fi
     port_open "$REDIS_PORT" && die "something listens on 127.0.0.1:$REDIS_PORT but does not answer PING like Redis; free the port or fix that server"
-    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+    if ! command -v redis-server >/dev/null 2>&1; then
+        apt_install redis-server
+        # The package's own init script may have started it already.
+        if redis_ready; then
+            say "Redis answers on 127.0.0.1:$REDIS_PORT after installing it"
+            return
+        fi
+    fi
     mkdir -p /var/lib/redis /var/log/redis
     say "starting Redis"
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
