@@ -305,3 +305,14 @@ async def test_a_given_client_is_used_and_left_open(redis_url: str, redis_prefix
 def _stat(server: RedisServer, name: str) -> int:
     info = server.cli("INFO", "stats")
     return int(info.split(f"{name}:")[1].split()[0])
+
+
+async def test_multiplexer_packs_commands_exactly_as_redis_py_does() -> None:
+    from redis.asyncio.connection import Connection
+
+    from salvador_redis.multiplex import pack
+
+    args = ("EVALSHA", "ab" * 20, 1, "p:{p:wf}:", b"\x00\xffbytes", "ünï", 0, -5, 1.5, b"x" * 10_000)
+    assert pack(args) == b"".join(Connection().pack_command(*args))
+    with pytest.raises(Exception, match="convert it"):
+        pack(("SET", "k", None))
