@@ -251,6 +251,35 @@ async def test_each_transition_of_a_task_is_one_statement(backend: SQLiteBackend
     await count(backend.settle(checkpoint.evolve(status=TaskStatus.COMPLETED), 3, claim))
 
 
+async def test_concurrent_writes_share_commits_yet_each_stays_atomic(backend: SQLiteBackend) -> None:
+    """Writes queued up together are committed as a group; a conflict or a duplicate in the
+    group fails (or dedups) alone and the others land."""
+    tasks = [await backend.create(task()) for _ in range(40)]
+    statements: list[str] = []
+    await backend._run(lambda: backend._db().set_trace_callback(statements.append))
+    outcomes = await asyncio.gather(
+        *[backend.update(t.evolve(step=1), 1 if i % 4 else 7) for i, t in enumerate(tasks)],
+        *[backend.submit(task(idempotency_key="same")) for _ in range(10)],
+        return_exceptions=True,
+    )
+    await backend._run(lambda: backend._db().set_trace_callback(None))
+    updates, submits = outcomes[:40], outcomes[40:]
+    for i, (before, outcome) in enumerate(zip(tasks, updates, strict=True)):
+        stored = await backend.get(before.id)
+        assert stored is not None
+        if i % 4:
+            assert outcome == stored
+            assert stored.version == 2
+        else:
+            assert isinstance(outcome, ConflictError)
+            assert stored == before
+    assert len({t.id for t in submits if isinstance(t, Task)}) == 1
+    assert len((await backend.list(limit=100)).tasks) == 41
+    groups = statements.count("BEGIN IMMEDIATE")
+    assert 1 <= groups < 25, f"50 writes should share a few commits, took {groups} groups"
+    assert "SAVEPOINT salvador" in statements, "the duplicates were not resolved inside a group"
+
+
 # -- split store and queue ----------------------------------------------------------------
 
 
@@ -298,12 +327,17 @@ async def test_record_created_after_its_queue_entry_fills_it(backend: SQLiteBack
 # -- several processes --------------------------------------------------------------------
 
 _CLAIMER = """
-import asyncio, json, sys
+import asyncio, json, os, sys
+from pathlib import Path
 from salvador_core.backends.sqlite import SQLiteBackend
 
 async def main():
     got = []
     async with SQLiteBackend(sys.argv[1]) as b:
+        ready, go = Path(sys.argv[2]) / f"ready-{os.getpid()}", Path(sys.argv[2]) / "go"
+        ready.touch()
+        while not go.exists():  # all claimers start together, so they race for every task
+            await asyncio.sleep(0.005)
         while True:
             claim = await b.claim("wf", lease=60, wait=0.5)
             if claim is None:
@@ -350,6 +384,15 @@ def spawn(procs: list[subprocess.Popen[str]], script: str, *args: str) -> subpro
     return proc
 
 
+def start_together(directory: Path, count: int) -> None:
+    """Wait until `count` claimer processes are ready, then let them all go at once."""
+    deadline = time.monotonic() + 30
+    while len(list(directory.glob("ready-*"))) < count:
+        assert time.monotonic() < deadline, "claimer processes did not start"
+        time.sleep(0.01)
+    (directory / "go").touch()
+
+
 async def output_of(proc: subprocess.Popen[str]) -> Any:
     out, err = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 0, err
@@ -357,10 +400,11 @@ async def output_of(proc: subprocess.Popen[str]) -> Any:
 
 
 async def test_processes_claiming_from_one_file_never_share_a_task(
-    backend: SQLiteBackend, processes: list[subprocess.Popen[str]]
+    backend: SQLiteBackend, processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     ids = {(await backend.submit(task())).id for _ in range(600)}
-    claimers = [spawn(processes, _CLAIMER, backend.path) for _ in range(4)]
+    claimers = [spawn(processes, _CLAIMER, backend.path, str(tmp_path)) for _ in range(4)]
+    await asyncio.to_thread(start_together, tmp_path, len(claimers))
     results = [await output_of(p) for p in claimers]
     delivered = Counter(task_id for got in results for task_id, _ in got)
     assert set(delivered) == ids
@@ -397,6 +441,31 @@ async def test_waiting_claimer_wakes_for_a_submit_from_another_process(
     assert claim.task_id == submitted[0]
     # Far below the 30 s wait: it was woken, not timed out (the check runs every 50 ms).
     assert time.monotonic() - started < 15
+
+
+async def test_idle_claimer_does_not_spin_while_other_processes_commit(backend: SQLiteBackend) -> None:
+    """Commits by another connection wake a waiting claimer at most once per watch interval."""
+    await backend.create(task())
+    stop = threading.Event()
+
+    def busy_neighbour() -> None:
+        raw = sqlite3.connect(backend.path, isolation_level=None)
+        while not stop.is_set():
+            raw.execute("UPDATE tasks SET updated_at = updated_at + 1")
+            time.sleep(0.001)  # hundreds of commits a second, leaving room for other writers
+        raw.close()
+
+    neighbour = threading.Thread(target=busy_neighbour)
+    statements: list[str] = []
+    await backend._run(lambda: backend._db().set_trace_callback(statements.append))
+    neighbour.start()
+    try:
+        assert await backend.claim("idle", lease=5, wait=1.0) is None
+    finally:
+        stop.set()
+        await asyncio.to_thread(neighbour.join)
+    looks = sum(1 for s in statements if s.startswith("UPDATE tasks SET q_receipt"))
+    assert 2 <= looks <= 1.0 / backend.watch_interval + 5, f"{looks} claim attempts in 1 s"
 
 
 # -- locks --------------------------------------------------------------------------------
@@ -439,10 +508,11 @@ async def test_writer_waits_for_another_process_lock_without_blocking_the_loop(
     holder.start()
     try:
         assert await asyncio.to_thread(locked.wait, 5)
-        stored, ticks = await ticks_while(backend.submit(task()))
+        stored, ticks = await ticks_while(asyncio.gather(*[backend.submit(task()) for _ in range(5)]))
     finally:
         await asyncio.to_thread(holder.join)
-    assert await backend.get(stored.id) == stored
+    for one in stored:
+        assert await backend.get(one.id) == one
     assert ticks >= 10, "the event loop was blocked while SQLite waited for the lock"
 
 

@@ -26,15 +26,25 @@ one connection, so the event loop never blocks on SQLite. Processes share the fi
 SQLite's own locking: in WAL mode readers never wait and writers take turns; a writer waits
 up to `busy_timeout` seconds for the lock, then fails with `BackendUnavailableError`.
 Multi-statement transactions start with `BEGIN IMMEDIATE` so they never deadlock on a lock
-upgrade.
+upgrade. A call whose caller stopped waiting (cancelled, timed out) still runs to the end; a
+claim lost that way is re-delivered when its lease expires, like one whose worker died.
+
+Group commit. A commit costs several times more than the statement it commits, so writes
+that queue up for the thread while it is busy (concurrent claims and checkpoints) run as
+one `BEGIN IMMEDIATE ... COMMIT` of up to `_GROUP_MAX` calls. Each call is still atomic on
+its own (a failing statement undoes only itself), and no caller hears of success before
+the shared COMMIT; if that fails, every call in the group fails and nothing was written.
+Reads never join a group, so they never wait for another process's write lock.
 
 Waiting in `claim`. A claimer that finds nothing due sleeps until the earliest due time or
 lease deadline of its workflow, and is woken at once by enqueues, releases and requeues made
 through the same backend object. SQLite cannot notify other processes, so while any claimer
 waits, one watcher per backend object reads `PRAGMA data_version` every `watch_interval`
-seconds (a counter in the shared WAL index: no table is read) and wakes the claimers when
-another connection committed. An idle worker therefore picks up a task submitted by another
-process within about `watch_interval` (50 ms); a busy one at its next claim.
+seconds (a counter that changes when another connection commits; no table is read) and
+wakes each claimer that looked before the latest such commit. An idle worker therefore picks
+up a task submitted by another process within about `watch_interval` (50 ms); a busy one at
+its next claim. While other processes commit all the time (on other workflows, say), an
+idle claimer looks again once per `watch_interval`: a bounded poll, never a spin.
 
 Durability. `synchronous=normal` (the default) survives the crash of any process at any
 instant; after a power loss or OS crash the last transactions before it may be rolled back
@@ -47,13 +57,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import queue
 import secrets
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from salvador_core.errors import (
@@ -97,6 +109,8 @@ _DEFAULT_BUSY_TIMEOUT = 5.0
 #: A `busy_timeout` above this is taken for milliseconds and refused with a hint.
 _MAX_BUSY_TIMEOUT = 600.0
 _PURGE_BATCH = 500
+#: Most calls one group commit takes (see the module docstring).
+_GROUP_MAX = 64
 
 _SCHEMA = (
     """
@@ -208,12 +222,12 @@ class SQLiteBackend:
         self.path = os.path.abspath(raw)
         self.synchronous = _checked_synchronous(synchronous)
         self.busy_timeout = _checked_busy_timeout(busy_timeout)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._thread: _DatabaseThread | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the database thread
         self._wakeups: dict[str, asyncio.Event] = {}
-        self._waiting = 0
+        # Waiting claimers: (workflow, their wake-up event, PRAGMA data_version after they looked).
+        self._waiters: builtins.list[tuple[str, asyncio.Event, int]] = []
         self._watcher: asyncio.Task[None] | None = None
-        self._data_version: int | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
@@ -256,7 +270,7 @@ class SQLiteBackend:
         return cls(path, **settings)
 
     def __repr__(self) -> str:
-        state = "open" if self._executor is not None else "closed"
+        state = "open" if self._thread is not None else "closed"
         return f"SQLiteBackend({self.path!r}, synchronous={self.synchronous!r}, {state})"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -268,7 +282,7 @@ class SQLiteBackend:
         unwritable directory, not a database, a newer or foreign schema) and
         `BackendUnavailableError` when another process keeps it locked past `busy_timeout`.
         """
-        if self._executor is not None:
+        if self._thread is not None:
             return
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             raise ConfigurationError(
@@ -276,30 +290,28 @@ class SQLiteBackend:
                 f"(for UPDATE ... RETURNING); this Python is linked against SQLite "
                 f"{sqlite3.sqlite_version}. Use a Python build with a newer SQLite, or another backend."
             )
-        self._check_path()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salvador-sqlite")
-        self._executor = executor
+        thread = _DatabaseThread(f"salvador-sqlite:{os.path.basename(self.path)}", lambda: self._conn)
+        self._thread = thread
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+            await thread.call(self._connect, (), alone=True)
         except BaseException:
-            self._executor = None
-            executor.shutdown(wait=False)
+            self._thread = None
+            thread.stop()
             raise
 
     async def close(self) -> None:
         """Close the connection. Safe to call twice; `open()` works again afterwards."""
-        executor, self._executor = self._executor, None
-        if executor is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
         self._wake_all()
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+            await thread.call(self._disconnect, (), alone=True)
         finally:
-            executor.shutdown(wait=False)
-            self._data_version = None
+            thread.stop()
 
     async def __aenter__(self) -> SQLiteBackend:
         await self.open()
@@ -315,7 +327,7 @@ class SQLiteBackend:
         return stored
 
     async def get(self, task_id: str) -> Task | None:
-        return await self._run(self._get_sync, task_id)
+        return await self._read(self._get_sync, task_id)
 
     async def update(self, task: Task, expected_version: int) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
@@ -343,7 +355,7 @@ class SQLiteBackend:
         if wanted is not None:
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
             params.extend(sorted(s.value for s in wanted))
-        return await self._run(self._list_sync, " AND ".join(where), params, limit, cursor)
+        return await self._read(self._list_sync, " AND ".join(where), params, limit, cursor)
 
     async def delete(self, task_id: str) -> bool:
         return await self._run(self._delete_sync, task_id)
@@ -389,14 +401,14 @@ class SQLiteBackend:
             claim, next_due, data_version = await self._run(self._claim_sync, workflow, lease)
             if claim is not None:
                 return claim
-            self._observe(data_version)
             now = loop.time()
             if now >= give_up:
                 return None
             nap = give_up - now
             if next_due is not None:
                 nap = min(nap, max(next_due - time.time(), 0.001))
-            self._waiting += 1
+            waiter = (workflow, event, data_version)
+            self._waiters.append(waiter)
             if self._watcher is None:
                 self._watcher = asyncio.create_task(self._watch())
             try:
@@ -404,7 +416,7 @@ class SQLiteBackend:
             except asyncio.TimeoutError:
                 pass
             finally:
-                self._waiting -= 1
+                self._waiters.remove(waiter)
 
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
         now = time.time()
@@ -469,15 +481,24 @@ class SQLiteBackend:
     # -- running on the database thread ---------------------------------------------------
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        executor = self._executor
-        if executor is None:
+        """`fn(*args)` on the database thread; may share a group commit (writes only)."""
+        return await self._call(fn, args, alone=False)
+
+    async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` on the database thread, outside any transaction: never waits for locks."""
+        return await self._call(fn, args, alone=True)
+
+    async def _call(self, fn: Callable[..., _T], args: tuple[Any, ...], *, alone: bool) -> _T:
+        thread = self._thread
+        if thread is None:
             raise BackendUnavailableError(
                 f"the SQLite backend for {self.path} is closed; open it first (async with backend)"
             )
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            result: _T = await thread.call(fn, args, alone=alone)
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+        return result
 
     def _failure(self, exc: sqlite3.Error) -> BackendUnavailableError:
         text = str(exc)
@@ -525,6 +546,7 @@ class SQLiteBackend:
             )
 
     def _connect(self) -> None:
+        self._check_path()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
@@ -554,8 +576,7 @@ class SQLiteBackend:
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
         # IMMEDIATE: processes opening a new file at once create the schema one at a time.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             found = conn.execute("PRAGMA user_version").fetchone()[0]
             if found > SCHEMA_VERSION:
                 raise ConfigurationError(
@@ -572,10 +593,6 @@ class SQLiteBackend:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -626,8 +643,7 @@ class SQLiteBackend:
         # A duplicate (or a queue entry enqueued before its record): sort it out under the
         # write lock, so the row that got in the way cannot change meanwhile.
         task_id, workflow, raw, status, version, key, updated_at = row[:7]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             found = None
             if key is not None:
                 found = conn.execute(
@@ -644,10 +660,6 @@ class SQLiteBackend:
                 ).rowcount
                 if not filled:
                     conn.execute(_INSERT, row)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return None if found is None else decode_task(found[1], found[0])
 
     def _list_sync(
@@ -720,25 +732,147 @@ class SQLiteBackend:
         for event in wakeups.values():
             event.set()
 
-    def _observe(self, data_version: int) -> None:
-        """Note the database's change counter; a change means another connection committed
-        (maybe an enqueue), so every waiting claimer looks again."""
-        if data_version != self._data_version:
-            if self._data_version is not None:
-                self._wake_all()
-            self._data_version = data_version
-
     async def _watch(self) -> None:
-        """While claimers wait, check every `watch_interval` for other processes' commits."""
+        """While claimers wait, look every `watch_interval` for commits of other processes
+        since each claimer last looked, and wake those claimers. A claimer is woken at most
+        once an interval this way, however busy other processes are."""
         try:
-            while self._waiting > 0:
+            while self._waiters:
                 await asyncio.sleep(self.watch_interval)
-                self._observe(await self._run(self._data_version_sync))
+                current = await self._read(self._data_version_sync)
+                for workflow, event, seen in builtins.list(self._waiters):
+                    if seen != current:
+                        if self._wakeups.get(workflow) is event:
+                            del self._wakeups[workflow]
+                        event.set()
         except BackendUnavailableError:
             pass  # closed, or the file is unusable: waiting claimers fall back to their timeouts
         finally:
             if self._watcher is asyncio.current_task():
                 self._watcher = None
+
+
+class _Call(NamedTuple):
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    alone: bool
+
+
+class _DatabaseThread:
+    """The one thread that owns a backend's connection. Runs calls in arrival order and
+    commits the writes that queued up meanwhile together (see "Group commit" above)."""
+
+    _STOP = object()
+
+    def __init__(self, name: str, connection: Callable[[], sqlite3.Connection | None]) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._connection = connection  # the backend's, read on this thread only
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], *, alone: bool) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        self._calls.put(_Call(fn, args, future, alone))
+        return future
+
+    def stop(self) -> None:
+        self._calls.put(self._STOP)
+
+    def _serve(self) -> None:
+        held: Any = None  # a call taken off the queue that could not join the last group
+        while True:
+            first = held if held is not None else self._calls.get()
+            held = None
+            if first is self._STOP:
+                return
+            group = [first]
+            while not first.alone and len(group) < _GROUP_MAX:
+                try:
+                    more = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if more is self._STOP or more.alone:
+                    held = more
+                    break
+                group.append(more)
+            outcomes = self._run_one(first) if len(group) == 1 else self._run_group(group)
+            _deliver(group, outcomes)
+
+    @staticmethod
+    def _run_one(call: _Call) -> builtins.list[tuple[bool, Any]]:
+        try:
+            return [(True, call.fn(*call.args))]
+        except BaseException as exc:
+            return [(False, exc)]
+
+    def _run_group(self, group: builtins.list[_Call]) -> builtins.list[tuple[bool, Any]]:
+        db = self._connection()
+        if db is None:
+            return [outcome for call in group for outcome in self._run_one(call)]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            return [(False, exc)] * len(group)
+        outcomes: builtins.list[tuple[bool, Any]] = []
+        for call in group:
+            try:
+                outcomes.append((True, call.fn(*call.args)))
+            except BaseException as exc:
+                if isinstance(exc, sqlite3.Error) and not db.in_transaction:
+                    return [(False, exc)] * len(group)  # SQLite rolled the whole group back
+                outcomes.append((False, exc))
+        try:
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return [(False, exc)] * len(group)
+        return outcomes
+
+
+def _deliver(group: builtins.list[_Call], outcomes: builtins.list[tuple[bool, Any]]) -> None:
+    loops: dict[asyncio.AbstractEventLoop, builtins.list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for call, (ok, value) in zip(group, outcomes, strict=True):
+        loops.setdefault(call.future.get_loop(), []).append((call.future, ok, value))
+    for loop, results in loops.items():
+        try:
+            loop.call_soon_threadsafe(_settle_futures, results)
+        except RuntimeError:
+            pass  # that event loop is closed: nobody is waiting any more
+
+
+def _settle_futures(results: builtins.list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():
+            continue  # the caller gave up (cancelled); the call ran all the same
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Make the body atomic: a savepoint inside a group commit, else its own transaction."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT salvador")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO salvador")
+                conn.execute("RELEASE salvador")
+            raise
+        conn.execute("RELEASE salvador")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _due(not_before: datetime | None) -> float:
