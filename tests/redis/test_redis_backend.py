@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -316,3 +318,40 @@ async def test_multiplexer_packs_commands_exactly_as_redis_py_does() -> None:
     assert pack(args) == b"".join(Connection().pack_command(*args))
     with pytest.raises(Exception, match="convert it"):
         pack(("SET", "k", None))
+
+
+async def test_rediss_url_talks_tls_and_verifies_the_server(
+    redis_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    tls_port = free_port()
+    redis_server_factory(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+    )
+    url = f"rediss://127.0.0.1:{tls_port}/0?prefix=tls:&ssl_ca_certs={ca}"
+    async with RedisBackend.from_url(url) as backend:
+        stored = await backend.submit(task())
+        claim = await backend.claim("wf", lease=5, wait=1)
+        assert claim is not None
+        assert claim.task_id == stored.id
+    # Without the CA the server's certificate cannot be verified: refused, not downgraded.
+    with pytest.raises(BackendUnavailableError):
+        async with RedisBackend.from_url(f"rediss://127.0.0.1:{tls_port}/0?socket_connect_timeout=2"):
+            pass
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem"))
+    ext = directory / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "1", "-subj", "/CN=salvador test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "1", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
