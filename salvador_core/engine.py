@@ -53,6 +53,7 @@ from salvador_core.task import (
     check_size,
     dump_json,
     new_task_id,
+    purge_statuses,
     quarantine_task,
     utcnow,
 )
@@ -365,7 +366,8 @@ class Engine:
         else:
             age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
             cutoff = utcnow() - age
-        return await self.store.purge(older_than=cutoff, statuses=statuses)
+        # Refused here, before the store is asked, so no backend can purge live tasks.
+        return await self.store.purge(older_than=cutoff, statuses=purge_statuses(statuses))
 
     async def _get_existing(self, task_id: str) -> Task:
         task = await self.store.get(task_id)
@@ -385,7 +387,6 @@ class Engine:
         if not self._workflows:
             raise ConfigurationError("no workflows registered; call engine.register(wf) first")
         await self.open()
-        self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency * len(self._workflows) + 4,
@@ -409,9 +410,12 @@ class Engine:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await asyncio.shield(self._drain(claimers, upkeep))
+            # Armed afresh only once this run is over, so that a stop() issued before the
+            # run got going is not lost, and the engine can be run again.
+            self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Ask a running `run()` to drain and return."""
+        """Ask `run()` to drain and return; also when it was started but has not begun yet."""
         self._stopping.set()
 
     async def _drain(self, claimers: list[asyncio.Task[None]], upkeep: asyncio.Task[None]) -> None:
@@ -572,12 +576,16 @@ class _Run:
         """Take ownership, then run steps or compensations until the task settles."""
         wf = self.wf
         if task.workflow != wf.name:
-            await self._dead_letter(task, "unknown-workflow", _engine_error(
+            # Written back under the workflow it is stored and queued under (backends may
+            # place records by workflow); the name it claimed is kept in the error.
+            await self._dead_letter(task.evolve(workflow=wf.name), "unknown-workflow", _engine_error(
                 "UnknownWorkflow", f"record names workflow {task.workflow!r} but was queued "
                 f"for {wf.name!r}"))
             return
         done = {s.name for s in wf.steps[: task.step]}
-        if task.step > len(wf.steps) or set(task.results) != done:
+        # An unfinished task always has a step left to run; if the workflow no longer has
+        # one, it lost steps since the task started.
+        if task.step >= len(wf.steps) or set(task.results) != done:
             await self._dead_letter(task, "workflow-changed", _engine_error(
                 "WorkflowChanged", f"task completed steps {sorted(task.results)} but workflow "
                 f"{wf.name!r} now starts with {[s.name for s in wf.steps[: task.step]]}; "
@@ -767,7 +775,9 @@ class _Run:
         for step in reversed(self.wf.steps[: task.step]):
             if step.compensate is None or step.name in task.compensated:
                 continue
-            ctx = self._context(task, step.name, error=task.error, result=task.results.get(step.name))
+            ctx = self._context(
+                task, step.name, error=task.error, result=task.results.get(step.name), compensation=True
+            )
             try:
                 await self._call(step.compensate, ctx, self.wf.timeout_for(step))
             except _Interrupted as stop:
@@ -779,8 +789,13 @@ class _Run:
                     "task %s: compensation of step %r failed (%s: %s)",
                     task.id, step.name, type(exc).__name__, exc,
                 )
+                # The failure that started the rollback moves to `failures`, after the
+                # earlier attempts of its step already there.
+                earlier = task.failures
+                if task.error is not None and task.error not in earlier:
+                    earlier = (*earlier, task.error)
                 await self._settle(
-                    task.evolve(failures=tuple(f for f in (task.error,) if f)),
+                    task.evolve(failures=earlier),
                     TaskStatus.FAILED, error=error, dead_letter="compensation-failed",
                 )
                 return

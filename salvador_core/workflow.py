@@ -22,14 +22,16 @@ class StepContext:
 
     `idempotency_key` is stable across every retry and re-delivery of this step
     (`{task_id}:{step_name}`); hand it to external systems so a replayed step does not
-    charge twice. `heartbeat()` asks the engine to renew the lease now (it also renews it
-    on its own every lease/3). Sync steps poll `cancelled` to stop cooperatively.
+    charge twice. A compensation gets its own (`{task_id}:{step_name}:compensate`), so an
+    API that deduplicates on keys never mistakes the refund for a replay of the charge.
+    `heartbeat()` asks the engine to renew the lease now (it also renews it on its own
+    every lease/3). Sync steps poll `cancelled` to stop cooperatively.
 
-    In a compensation, `error` is the failure that made the task roll back and `result` is
-    the saved result of the step being compensated.
+    In a compensation, `compensation` is True, `error` is the failure that made the task
+    roll back and `result` is the saved result of the step being compensated.
     """
 
-    __slots__ = ("_cancel", "_heartbeat", "error", "logger", "result", "step", "task")
+    __slots__ = ("_cancel", "_heartbeat", "compensation", "error", "logger", "result", "step", "task")
 
     def __init__(
         self,
@@ -41,8 +43,10 @@ class StepContext:
         cancel: threading.Event,
         error: TaskError | None = None,
         result: Any = None,
+        compensation: bool = False,
     ) -> None:
         self.task = task
+        self.compensation = compensation
         self.step = step
         self.logger = logger
         self.error = error
@@ -70,7 +74,8 @@ class StepContext:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.task.id}:{self.step}"
+        key = f"{self.task.id}:{self.step}"
+        return f"{key}:compensate" if self.compensation else key
 
     @property
     def cancelled(self) -> bool:
