@@ -535,10 +535,21 @@ class _Run:
             task = await self._load()
             if task is not None:
                 await self._drive(task)
-        except (ConflictError, LeaseLostError) as exc:
+        except ConflictError as exc:
+            if exc.actual_version is None:
+                self.log.error(
+                    "task %s: its record is gone (discarded, purged, or lost by the backend); "
+                    "stopped working on it", self.claim.task_id,
+                )
+            else:
+                self.log.warning(
+                    "task %s: another worker owns it now (ConflictError); stopped working on it",
+                    self.claim.task_id,
+                )
+        except LeaseLostError:
             self.log.warning(
-                "task %s: another worker owns it now (%s); stopped working on it",
-                self.claim.task_id, type(exc).__name__,
+                "task %s: another worker owns it now (LeaseLostError); stopped working on it",
+                self.claim.task_id,
             )
         except (BackendUnavailableError, OSError, asyncio.TimeoutError) as exc:
             self.log.error(
@@ -570,6 +581,13 @@ class _Run:
         if task is None or task.status.terminal:
             await self._ack()  # discarded, or finished by a worker that died before its ack
             return None
+        if task.status is TaskStatus.PENDING and task.not_before is not None:
+            early = (task.not_before - utcnow()).total_seconds()
+            if early > 0:
+                # A retry whose worker died between its write and its release(delay) comes
+                # back when the lease expires; its due time, not the lease, decides when it runs.
+                await engine.queue.release(claim, delay=early)
+                return None
         return task
 
     async def _drive(self, task: Task) -> None:

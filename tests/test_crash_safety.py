@@ -8,7 +8,6 @@ log, not from the engine's own bookkeeping.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest_asyncio
 from salvador_core import Engine, Task, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
-from worker_app import build  # noqa: E402
+from worker_app import build
 
 APP = Path(__file__).parent / "worker_app.py"
 
@@ -83,7 +82,7 @@ async def producer(url: str, workdir: Path) -> AsyncIterator[Engine]:
 
 def effects(workdir: Path) -> Counter[tuple[str, str]]:
     lines = (workdir / "effects.log").read_text().split()
-    return Counter(zip(lines[0::3], lines[1::3]))
+    return Counter(zip(lines[0::3], lines[1::3], strict=False))
 
 
 async def wait_for(condition: object, timeout: float, what: str) -> None:
@@ -149,7 +148,8 @@ async def test_worker_killed_mid_step_is_resumed_at_that_step(
     done = await settled(producer, task_id)
     ran = effects(workdir)
     assert ran[("one", task_id)] == 1, "step one was re-run after the crash"
-    assert ran[("two", task_id)] == 1 and ran[("three", task_id)] == 1
+    assert ran[("two", task_id)] == 1
+    assert ran[("three", task_id)] == 1
     assert done.results["two"]["pid"] != doomed.pid
     assert done.attempt == 1  # the last step's attempt; step two needed attempt 2
     assert done.results["one"] == 1
@@ -208,15 +208,18 @@ async def test_saga_compensates_in_reverse_exactly_once_across_a_crash(
     await wait_for(compensated, 30, "compensation to finish on the second worker")
     task = await settled(producer, task_id)
     assert task.compensated == ("s2", "s1")
-    assert task.error is not None and task.error.step == "s3"
+    assert task.error is not None
+    assert task.error.step == "s3"
     assert "s3 failed on purpose" in task.error.message
     lines = [ln.split()[0] for ln in (workdir / "effects.log").read_text().splitlines()]
     done = [ev for ev in lines if ev.endswith("-done")]
     assert done == ["undo-s2-done", "undo-s1-done"], "each compensation completes once, newest first"
     assert lines.count("undo-s2-start") == 2  # interrupted by the kill, then run again
-    assert "s4" not in lines and "undo-s3-start" not in lines and "undo-s4-start" not in lines
+    assert "s4" not in lines
+    assert "undo-s3-start" not in lines
+    assert "undo-s4-start" not in lines
     assert lines.count("s1") == lines.count("s2") == lines.count("s3") == 1
-    assert os.path.exists(workdir / "undo-s2-hung")
+    assert (workdir / "undo-s2-hung").exists()
 
 
 @pytest.mark.asyncio
@@ -243,4 +246,5 @@ async def test_sigterm_drains_and_hands_the_task_over_without_waiting_for_the_le
     await wait_for(completed, 30, "the next worker to finish the task")
     assert time.monotonic() - started < 15
     ran = effects(workdir)
-    assert ran[("one", task_id)] == 1 and ran[("three", task_id)] == 1
+    assert ran[("one", task_id)] == 1
+    assert ran[("three", task_id)] == 1

@@ -142,6 +142,7 @@ class ConformanceBase:
         """
         await engine.open()
         worker = asyncio.create_task(engine.run(handle_signals=False))
+        await asyncio.sleep(0)  # let run() start before the body can stop it
         try:
             yield engine
         finally:

@@ -257,6 +257,29 @@ class EngineChecks(ConformanceBase):
         assert task.results == {"a": "A-from-the-dead-worker", "b": "B", "c": "C"}
 
     @pytest.mark.asyncio
+    async def test_retry_whose_worker_died_before_releasing_it_still_waits_for_its_due_time(
+        self, backend: Any
+    ) -> None:
+        started: list[float] = []
+
+        async def flaky(ctx: StepContext) -> None:
+            started.append(time.monotonic())
+
+        wf = Workflow("retry-orphan").step("flaky", flaky)
+        eng = self.engine(backend, wf)
+        tid = await eng.submit(wf)
+        # The dead worker wrote the retry (pending, due in 0.8 s) but never released its
+        # lease with that delay; the lease expires at once and the task is delivered early.
+        due = utcnow() + timedelta(seconds=0.8)
+        await self._abandon(backend, wf.name, tid, status=TaskStatus.PENDING, owner=None, not_before=due)
+        expired_at = time.monotonic()
+        async with self.running(eng):
+            task = await self.settled(eng, tid)
+        assert task.status is TaskStatus.COMPLETED
+        assert len(started) == 1
+        assert started[0] - expired_at >= 0.8 - CLOCK_SLACK - 0.05, "the retry ran before its due time"
+
+    @pytest.mark.asyncio
     async def test_step_longer_than_the_lease_keeps_its_lease_by_heartbeat_and_runs_once(
         self, backend: Any
     ) -> None:
