@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,37 +21,7 @@ from salvador_core import Engine, Task, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import build
-
-APP = Path(__file__).parent / "worker_app.py"
-
-
-class Workers:
-    """Starts worker processes and makes sure none outlives the test."""
-
-    def __init__(self, url: str, directory: Path) -> None:
-        self.url = url
-        self.directory = directory
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.directory / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, str(APP), self.url, str(self.directory), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
-        return (self.directory / f"worker-{self.procs.index(proc)}.log").read_text()
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            proc.wait(timeout=10)
+from workers import Workers, effects, wait_for
 
 
 @pytest.fixture
@@ -78,23 +46,6 @@ def workers(url: str, workdir: Path) -> Iterator[Workers]:
 async def producer(url: str, workdir: Path) -> AsyncIterator[Engine]:
     async with Engine.from_url(url, workflows=build(workdir, "none")) as engine:
         yield engine
-
-
-def effects(workdir: Path) -> Counter[tuple[str, str]]:
-    lines = (workdir / "effects.log").read_text().split()
-    return Counter(zip(lines[0::3], lines[1::3], strict=False))
-
-
-async def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition() if callable(condition) else None
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def settled(engine: Engine, task_id: str) -> Task:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,7 @@ from salvador_core import ConfigurationError, Engine, Task, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from worker_app import build
-
-APP = Path(__file__).parent.parent / "worker_app.py"
+from workers import Workers, count_of, effects, wait_for
 
 #: Figures measured while the tests run, printed at the end of the session (-s) or kept
 #: for the report in `pytest -rA` output via the test's own prints.
@@ -40,35 +37,6 @@ NO_PERSISTENCE = ("--appendonly", "no")
 
 
 # -- processes ------------------------------------------------------------------------
-
-
-class Workers:
-    """Worker processes (tests/worker_app.py) that never outlive the test."""
-
-    def __init__(self, url: str, directory: Path) -> None:
-        self.url = url
-        self.directory = directory
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.directory / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, str(APP), self.url, str(self.directory), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
-        return (self.directory / f"worker-{self.procs.index(proc)}.log").read_text(errors="replace")
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -107,28 +75,6 @@ async def producer_for(workdir: Path) -> AsyncIterator[Callable[[str], Awaitable
             await engine.close()
         except Exception:
             pass
-
-
-def effects(workdir: Path) -> Counter[tuple[str, str]]:
-    lines = (workdir / "effects.log").read_text().split()
-    return Counter(zip(lines[0::3], lines[1::3], strict=True))
-
-
-def count_of(workdir: Path, event: str) -> int:
-    lines = (workdir / "effects.log").read_text().splitlines()
-    return sum(1 for line in lines if line.startswith(event + " "))
-
-
-async def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def submit_many(engine: Engine, n: int, *, batch: int = 200, tag: str = "n") -> list[str]:

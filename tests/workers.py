@@ -1,0 +1,69 @@
+"""The test side of fault injection: start worker processes (tests/worker_app.py), kill or
+pause them, and count what their steps really did from the side-effect log they share."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+APP = Path(__file__).parent / "worker_app.py"
+
+
+class Workers:
+    """Worker processes on one backend URL that never outlive the test (`stop_all`)."""
+
+    def __init__(self, url: str, directory: Path) -> None:
+        self.url = url
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, str(APP), self.url, str(self.directory), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.directory / f"worker-{self.procs.index(proc)}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+def effects(workdir: Path) -> Counter[tuple[str, str]]:
+    """How often each (event, task id) happened, from the steps' own side-effect log."""
+    lines = (workdir / "effects.log").read_text().split()
+    return Counter(zip(lines[0::3], lines[1::3], strict=True))
+
+
+def count_of(workdir: Path, event: str) -> int:
+    lines = (workdir / "effects.log").read_text().splitlines()
+    return sum(1 for line in lines if line.startswith(event + " "))
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll `condition` (sync or async) every 20 ms; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
