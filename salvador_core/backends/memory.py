@@ -283,7 +283,8 @@ class MemoryBackend:
 
     def _drop_from_queue(self, task_id: str) -> None:
         workflow = self._queued.pop(task_id, None)
-        self._leases.pop(task_id, None)
+        if self._leases.pop(task_id, None) is not None:
+            return  # a leased task is neither ready nor delayed: nothing to scan
         if workflow is not None:
             ready = self._ready.get(workflow)
             if ready and task_id in ready:
