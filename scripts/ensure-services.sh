@@ -55,7 +55,7 @@ wait_until() {
         fi
         sleep 0.1
     done
-    die "$what did not answer within ${WAIT_SECONDS}s after starting it; see its log"
+    die "$what did not answer within ${WAIT_SECONDS}s after starting it; see its log (for NATS: /var/log/nats-server.log; a nats-server already running on another port keeps start-stop-daemon from starting this one)"
 }
 
 APT_UPDATED=0
@@ -64,7 +64,8 @@ apt_install() {
     command -v apt-get >/dev/null 2>&1 || die "$* not installed and apt-get is not available; install $* with your package manager"
     if [ "$APT_UPDATED" -eq 0 ]; then
         say "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            || say "apt-get update failed; trying with the package lists already here"
         APT_UPDATED=1
     fi
     say "apt-get install $*"
@@ -167,6 +168,8 @@ ensure_nats() {
         mkdir -p /var/lib/nats-server
         say "starting NATS with JetStream"
         start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+        # --oknodo: a nats-server already running elsewhere (another port) counts as
+        # started, and then nothing answers here; wait_until says so.
         wait_until "NATS" nats_ready
     fi
     info=$(nats_info)
