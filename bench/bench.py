@@ -36,7 +36,7 @@ CONCURRENCIES = (1, 10, 100)
 #: anything else on the server, and every key it wrote is deleted afterwards.
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 #: Longest the bench waits for one phase before it reports the run as failed.
-PHASE_TIMEOUT = 180.0
+PHASE_TIMEOUT = 120.0
 
 
 # -- what one run measures -----------------------------------------------------------------
@@ -53,13 +53,13 @@ class Row:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     skipped: str | None = None
-    redis: RedisCounts | None = None
 
 
 @dataclass
 class RedisCounts:
     """Commands per task seen by the client (round trips) and by the server, per phase."""
 
+    tasks: int = 0
     submit_client: float = 0.0
     run_client: float = 0.0
     run_writes: float = 0.0
@@ -199,47 +199,56 @@ async def closed_loop(engine: Engine, name: str, n: int, concurrency: int, done:
 
 class ClientCounter:
     """Counts the commands (and socket writes) this process sends to Redis, whatever
-    client object sends them: it wraps redis-py's command packing."""
+    sends them (redis-py's pool, pipelines, or salvador's multiplexed connection): it
+    wraps the one call they all write through, redis-py's `send_packed_command`, and
+    parses the RESP it is given. Installed only for the counting pass, so the timed runs
+    pay nothing for it."""
 
     def __init__(self) -> None:
         self.commands = 0
         self.writes = 0
         self.names: Counter[str] = Counter()
-        self._installed = False
+        self._original: Any = None
 
     def install(self) -> None:
-        if self._installed:
-            return
         from redis.asyncio.connection import AbstractConnection
 
-        pack_one = AbstractConnection.pack_command
-        pack_many = AbstractConnection.pack_commands
-        send = AbstractConnection.send_packed_command
+        if self._original is not None:
+            return
+        send = self._original = AbstractConnection.send_packed_command
         counter = self
 
-        def pack_command(conn: Any, *args: Any) -> Any:
-            counter.count(args)
-            return pack_one(conn, *args)
-
-        def pack_commands(conn: Any, commands: Any) -> Any:
-            commands = list(commands)
-            for args in commands:
-                counter.count(args)
-            return pack_many(conn, commands)
-
         async def send_packed_command(conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-            counter.writes += 1
+            counter.wrote(command)
             return await send(conn, command, *args, **kwargs)
 
-        AbstractConnection.pack_command = pack_command  # type: ignore[method-assign,assignment]
-        AbstractConnection.pack_commands = pack_commands  # type: ignore[method-assign,assignment]
         AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign,assignment]
-        self._installed = True
 
-    def count(self, args: Any) -> None:
-        self.commands += 1
-        name = args[0] if args else b"?"
-        self.names[(name.decode() if isinstance(name, bytes) else str(name)).lower()] += 1
+    def uninstall(self) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        if self._original is not None:
+            AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+            self._original = None
+
+    def wrote(self, command: Any) -> None:
+        data = command.encode() if isinstance(command, str) else (
+            command if isinstance(command, bytes) else b"".join(command)
+        )
+        self.writes += 1
+        i = 0
+        while i < len(data):
+            # A RESP request: *<argc>\r\n then argc bulk strings $<len>\r\n<bytes>\r\n.
+            end = data.index(b"\r\n", i)
+            argc = int(data[i + 1 : end])
+            i = end + 2
+            for k in range(argc):
+                end = data.index(b"\r\n", i)
+                size = int(data[i + 1 : end])
+                if k == 0:
+                    self.names[data[end + 2 : end + 2 + size].decode(errors="replace").lower()] += 1
+                i = end + 2 + size + 2
+            self.commands += 1
 
     def snapshot(self) -> tuple[int, int, Counter[str]]:
         return self.commands, self.writes, Counter(self.names)
@@ -359,7 +368,6 @@ class RedisSetup(BackendSetup):
             return f"no Redis server answers on {REDIS_HOST}:{REDIS_PORT} ({type(exc).__name__})"
         self.client = client
         self.version = str(info.get("redis_version", "?"))
-        CLIENT_COUNTER.install()
         return None
 
     @contextlib.asynccontextmanager
@@ -397,27 +405,23 @@ async def run_one(setup: BackendSetup, steps: int, concurrency: int, tasks: int,
     row = Row(setup.name, steps, concurrency, tasks)
     done = Completions()
     wf = workflow(steps, done)
-    redis_client = setup.client if isinstance(setup, RedisSetup) else None
     async with setup.fresh_url() as url:
         engine = Engine.from_url(url, workflows=[wf], concurrency=concurrency)
         async with engine:
             # Phase 1: submit everything, no worker running.
-            before = await _redis_marks(redis_client)
             start = time.perf_counter()
             ids = await asyncio.wait_for(submit_all(engine, wf.name, tasks, concurrency), PHASE_TIMEOUT)
             row.submits_per_s = tasks / (time.perf_counter() - start)
-            after_submit = await _redis_marks(redis_client)
 
             # Phase 2: a worker drains the backlog.
             done.target = tasks
             run_started = time.time()
             worker = asyncio.create_task(engine.run(handle_signals=False))
             try:
-                await asyncio.wait_for(done.all_done.wait(), PHASE_TIMEOUT)
+                await _unless_worker_dies(done.all_done.wait(), worker)
                 records = await fetch_all(engine, ids)
                 finished = max(t.updated_at.timestamp() for t in records)
                 row.completed_per_s = tasks / (finished - run_started)
-                after_run = await _redis_marks(redis_client)
 
                 # Phase 3: latency with `concurrency` tasks in flight.
                 lat = await closed_loop(engine, wf.name, latency_tasks, concurrency, done)
@@ -426,9 +430,50 @@ async def run_one(setup: BackendSetup, steps: int, concurrency: int, tasks: int,
             finally:
                 engine.stop()
                 await worker
-    if redis_client is not None:
-        row.redis = _redis_counts(before, after_submit, after_run, tasks)
     return row
+
+
+async def redis_round_trips(setup: RedisSetup, tasks: int) -> RedisCounts:
+    """Commands per 3-step task at concurrency 100, counted in a separate pass of the
+    same workload (submit `tasks`, then drain them) with the client counter installed."""
+    done = Completions()
+    wf = workflow(3, done)
+    CLIENT_COUNTER.install()
+    try:
+        async with setup.fresh_url() as url:
+            engine = Engine.from_url(url, workflows=[wf], concurrency=100)
+            async with engine:
+                before = await _redis_mark(setup.client)
+                ids = await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
+                mid = await _redis_mark(setup.client)
+                done.target = tasks
+                worker = asyncio.create_task(engine.run(handle_signals=False))
+                try:
+                    await _unless_worker_dies(done.all_done.wait(), worker)
+                    await asyncio.sleep(0.2)  # the last final writes, issued after the last step
+                    after = await _redis_mark(setup.client)
+                    await fetch_all(engine, ids)
+                finally:
+                    engine.stop()
+                    await worker
+    finally:
+        CLIENT_COUNTER.uninstall()
+    return _redis_counts(before, mid, after, tasks)
+
+
+async def _unless_worker_dies(waiting: Awaitable[Any], worker: asyncio.Task[None]) -> None:
+    """Wait for `waiting`; raise at once if the worker stops (its error, if it had one),
+    or after PHASE_TIMEOUT."""
+    wait = asyncio.ensure_future(waiting)
+    finished, _ = await asyncio.wait({wait, worker}, timeout=PHASE_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    if wait in finished:
+        return
+    wait.cancel()
+    if worker in finished:
+        worker.result()
+        raise RuntimeError("the worker stopped before all tasks completed")
+    raise TimeoutError(f"tasks did not complete within {PHASE_TIMEOUT:.0f}s")
 
 
 async def idle_latency(setup: BackendSetup, samples: int) -> float:
@@ -459,25 +504,22 @@ class Mark:
     server: Counter[str]
 
 
-async def _redis_marks(client: Any) -> Mark | None:
-    if client is None:
-        return None
+async def _redis_mark(client: Any) -> Mark:
     server = await commandstats(client)
     commands, writes, names = CLIENT_COUNTER.snapshot()
     return Mark(commands, writes, names, server)
 
 
-def _redis_counts(before: Mark | None, mid: Mark | None, after: Mark | None, tasks: int) -> RedisCounts:
-    assert before is not None
-    assert mid is not None
-    assert after is not None
-    # Each mark's own INFO goes through the counted client; leave it out.
+def _redis_counts(before: Mark, mid: Mark, after: Mark, tasks: int) -> RedisCounts:
+    """Per-task counts of the submit phase (before..mid) and the run phase (mid..after),
+    without each mark's own INFO."""
     info = Counter({"info": 1})
     submit_names = mid.names - before.names - info
     run_names = after.names - mid.names - info
     submit_server = mid.server - before.server
     run_server = after.server - mid.server
     return RedisCounts(
+        tasks=tasks,
         submit_client=sum(submit_names.values()) / tasks,
         run_client=sum(run_names.values()) / tasks,
         run_writes=(after.writes - mid.writes - 1) / tasks,
@@ -523,18 +565,20 @@ def _per_task(counts: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in counts.items())
 
 
-def redis_report(rows: list[Row], ceiling: dict[str, float] | None, idle_ms: float | None) -> str:
+def redis_report(rows: list[Row], ceiling: dict[str, float] | None, counts: RedisCounts | None,
+                 idle_ms: float | None) -> str:
     ref = next((r for r in rows if r.backend == "redis" and r.steps == 3 and r.concurrency == 100
-                and not r.skipped and r.redis), None)
-    if ref is None or ref.redis is None or ceiling is None:
+                and not r.skipped), None)
+    if ref is None or ceiling is None or counts is None:
         return ""
-    c = ref.redis
+    c = counts
     rt_s = ceiling["ping_100"]
     out = [
         "Redis ceiling from this process (redis-py asyncio, one connection per call in flight):",
         f"  sequential PING {fmt_rate(ceiling['ping_seq'])}/s; 100 in flight: PING "
         f"{fmt_rate(rt_s)}/s, EVALSHA(return 1) {fmt_rate(ceiling['evalsha_100'])}/s",
-        f"Round trips per 3-step task (concurrency 100, commands sent by the client): "
+        f"Round trips per 3-step task (concurrency 100, commands sent by the client, counted in a "
+        f"separate pass of {c.tasks:,} tasks): "
         f"submit {c.submit_client:.2f} ({_per_task(c.submit_names)}), run {c.run_client:.2f} "
         f"({_per_task(c.run_names)}; in {c.run_writes:.2f} socket writes)",
         f"  server-side commands per task, scripts' inner calls included: submit {c.submit_server:.1f}, "
@@ -583,6 +627,7 @@ async def bench(plan: Plan) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     ceiling: dict[str, float] | None = None
+    counts: RedisCounts | None = None
     idle: dict[str, float] = {}
     failed = False
     with tempfile.TemporaryDirectory(prefix="salvador-bench-") as tmp:
@@ -616,6 +661,11 @@ async def bench(plan: Plan) -> int:
                 failed = True
                 notes.append(f"{name}: idle-worker latency FAILED: {type(exc).__name__}: {exc}")
             if isinstance(setup, RedisSetup):
+                try:
+                    counts = await redis_round_trips(setup, min(plan.tasks, 2000))
+                except Exception as exc:
+                    failed = True
+                    notes.append(f"redis: counting round trips FAILED: {type(exc).__name__}: {exc}")
                 ceiling = await redis_ceiling(setup.client, 0.5 if plan.quick else 1.5)
                 await setup.close()
 
@@ -630,7 +680,7 @@ async def bench(plan: Plan) -> int:
     if idle:
         print("Idle worker, 3-step submit-to-completed p50: "
               + ", ".join(f"{k} {fmt_ms(v)} ms" for k, v in idle.items()))
-    report = redis_report(rows, ceiling, idle.get("redis"))
+    report = redis_report(rows, ceiling, counts, idle.get("redis"))
     if report:
         print(report)
     return 1 if failed else 0
