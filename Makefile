@@ -15,7 +15,6 @@ STAMP := $(VENV)/.salvador-installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP)-core: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
