@@ -21,7 +21,7 @@ from salvador_core import Engine, Task, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
 from worker_app import build
-from workers import Workers, effects, wait_for
+from workers import Workers, effect_lines, effects, wait_for
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def test_two_worker_processes_complete_1000_tasks_exactly_once(
     for step in ("one", "two", "three"):
         assert {tid for (event, tid) in ran if event == step} == set(ids)
     assert max(ran.values()) == 1, "a completed step ran twice"
-    pids = {line.split()[2] for line in (workdir / "effects.log").read_text().splitlines()}
+    pids = {row[2] for row in effect_lines(workdir)}
     assert pids == {str(first.pid), str(second.pid)}, "both workers should have taken tasks"
 
 
@@ -162,7 +162,7 @@ async def test_saga_compensates_in_reverse_exactly_once_across_a_crash(
     assert task.error is not None
     assert task.error.step == "s3"
     assert "s3 failed on purpose" in task.error.message
-    lines = [ln.split()[0] for ln in (workdir / "effects.log").read_text().splitlines()]
+    lines = [row[0] for row in effect_lines(workdir)]
     done = [ev for ev in lines if ev.endswith("-done")]
     assert done == ["undo-s2-done", "undo-s1-done"], "each compensation completes once, newest first"
     assert lines.count("undo-s2-start") == 2  # interrupted by the kill, then run again

@@ -45,15 +45,20 @@ class Workers:
             proc.wait(timeout=10)
 
 
+def effect_lines(workdir: Path) -> list[list[str]]:
+    """The side-effect log as `[event, task id, pid]` rows, complete lines only: workers may
+    be appending while it is read, and a read can end inside a line being written."""
+    text = (workdir / "effects.log").read_text()
+    return [line.split() for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
 def effects(workdir: Path) -> Counter[tuple[str, str]]:
     """How often each (event, task id) happened, from the steps' own side-effect log."""
-    lines = (workdir / "effects.log").read_text().split()
-    return Counter(zip(lines[0::3], lines[1::3], strict=True))
+    return Counter((row[0], row[1]) for row in effect_lines(workdir))
 
 
 def count_of(workdir: Path, event: str) -> int:
-    lines = (workdir / "effects.log").read_text().splitlines()
-    return sum(1 for line in lines if line.startswith(event + " "))
+    return sum(1 for row in effect_lines(workdir) if row[0] == event)
 
 
 async def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
