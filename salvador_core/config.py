@@ -14,13 +14,9 @@ from salvador_core.errors import ConfigurationError
 ENTRY_POINT_GROUP = "salvador.backends"
 
 #: Which extra installs the driver for a scheme we ship, for the "pip install" hint.
-_EXTRAS = {
-    "redis": "redis",
-    "rediss": "redis",
-    "postgresql": "postgres",
-    "postgres": "postgres",
-    "nats": "nats",
-}
+_EXTRAS = {"redis": "redis", "rediss": "redis"}
+#: Schemes of backends that are designed but not released yet, so no extra can help.
+_PLANNED = {"postgresql": "PostgreSQL", "postgres": "PostgreSQL", "nats": "NATS JetStream"}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -79,6 +75,11 @@ def _load_scheme(scheme: str, url: str) -> Any:
         hint = ""
         if scheme in _EXTRAS:
             hint = f" Install it with: pip install 'salvador[{_EXTRAS[scheme]}]'."
+        elif scheme in _PLANNED:
+            hint = (
+                f" salvador has no {_PLANNED[scheme]} backend yet (it is planned); use "
+                "sqlite:///, redis:// or memory:// for now."
+            )
         raise ConfigurationError(
             f"no salvador backend handles the {scheme}:// scheme of {redact_url(url)!r} "
             f"(installed: {', '.join(known_schemes()) or 'none'}).{hint}"

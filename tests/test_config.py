@@ -52,23 +52,34 @@ def test_redact_url_hides_only_the_password() -> None:
 
 def test_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheme whose driver import fails says which extra to pip install."""
-    broken = EntryPoint(
-        name="postgresql", value="salvador_no_such_module:Backend", group="salvador.backends"
-    )
+    broken = EntryPoint(name="redis", value="salvador_no_such_module:Backend", group="salvador.backends")
     real = config_module.entry_points
 
     def with_broken(group: str) -> list[EntryPoint]:
-        return [*real(group=group), broken]
+        return [ep for ep in real(group=group) if ep.name != "redis"] + [broken]
 
     monkeypatch.setattr(config_module, "entry_points", with_broken)
-    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[postgres\]'"):
-        connect("postgresql://u@localhost/db")
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[redis\]'"):
+        connect("redis://localhost:6379/0")
 
 
 def test_scheme_we_ship_but_not_installed_gets_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_module, "entry_points", lambda group: [])
-    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[nats\]'"):
-        connect("nats://127.0.0.1:4222")
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[redis\]'"):
+        connect("rediss://127.0.0.1:6380")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@localhost/db", "nats://127.0.0.1:4222"])
+def test_planned_backend_says_it_is_not_released_instead_of_a_useless_install_hint(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"no (PostgreSQL|NATS JetStream) backend yet") as info:
+        connect(url)
+    assert "pip install" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["memory://?prefix=a", "memory://host", "memory:///path"])
+def test_memory_url_with_anything_after_the_scheme_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="exactly 'memory://'"):
+        connect(url)
 
 
 def test_third_party_scheme_resolves_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from salvador_core.errors import ConflictError, LeaseLostError
 from salvador_core.task import (
@@ -55,8 +56,10 @@ class MemoryBackend:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryBackend:
-        if options:
-            raise TypeError(f"memory:// takes no options, got {sorted(options)}")
+        parts = urlsplit(url)
+        if options or parts.netloc or parts.path or parts.query:
+            given = sorted(options) or url
+            raise ValueError(f"memory:// takes no host, path or options (got {given!r}); use exactly 'memory://'")
         return cls()
 
     async def open(self) -> None:
