@@ -151,12 +151,14 @@ class Task:
         On the hot path (several times per step), so it copies the instance dict instead of
         re-running `__init__` as `dataclasses.replace` would (about 10x faster).
         """
-        unknown = changes.keys() - _TASK_FIELDS
-        if unknown:
-            raise TypeError(f"Task has no field(s) {sorted(unknown)}")
+        if not _TASK_FIELDS.issuperset(changes):
+            raise TypeError(f"Task has no field(s) {sorted(changes.keys() - _TASK_FIELDS)}")
         copy = object.__new__(Task)
-        copy.__dict__.update(self.__dict__)
-        copy.__dict__.update(changes)
+        state = copy.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        if not _HEAD_FIELDS.isdisjoint(changes):
+            state.pop(_RECORD_HEAD, None)
         return copy
 
     def json(self) -> Any:
@@ -171,6 +173,13 @@ class Task:
 
 
 _TASK_FIELDS = frozenset(f.name for f in fields(Task))
+
+#: Instance-dict key caching the encoded start of a task's record (format, id, workflow and
+#: the base64 body). Those never change after submit, yet every checkpoint re-encodes the
+#: record, and a large body made that the bulk of the work. `evolve` copies the cache and
+#: drops it when one of `_HEAD_FIELDS` changes.
+_RECORD_HEAD = "_record_head"
+_HEAD_FIELDS = frozenset({"id", "workflow", "body"})
 
 
 @dataclass(frozen=True)
@@ -199,13 +208,30 @@ class Page:
     cursor: str | None
 
 
+def _record_head(task: Task) -> bytes:
+    """`{"format":1,"id":...,"workflow":...,"body":...,` for `task`, encoded once."""
+    state = task.__dict__
+    head: bytes | None = state.get(_RECORD_HEAD)
+    if head is None:
+        head = _encode_record({
+            "format": RECORD_FORMAT,
+            "id": task.id,
+            "workflow": task.workflow,
+            "body": base64.b64encode(task.body).decode("ascii"),
+        }).encode()[:-1] + b","
+        state[_RECORD_HEAD] = head
+    return head
+
+
+#: `json.dumps(..., separators=(",", ":"), ensure_ascii=False)`, but built once: `dumps`
+#: builds a new encoder for every call, and records are written at every checkpoint.
+_encode_record = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_task(task: Task) -> bytes:
     """Serialise `task` to the versioned JSON record format every backend stores."""
+    # The rest, spliced after the cached head; keys keep the order they always had.
     record: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "id": task.id,
-        "workflow": task.workflow,
-        "body": base64.b64encode(task.body).decode("ascii"),
         "status": task.status.value,
         "step": task.step,
         "attempt": task.attempt,
@@ -231,14 +257,15 @@ def encode_task(task: Task) -> bytes:
         record["dead_letter"] = task.dead_letter
     if task.compensated:
         record["compensated"] = list(task.compensated)
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return _record_head(task) + _encode_record(record).encode()[1:]
 
 
 def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
     """Parse a stored record. Raises `CorruptRecordError` or `RecordVersionError`."""
     raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
     try:
-        d = json.loads(raw_bytes)
+        # Records are written as UTF-8; decoding first skips json's encoding sniffing.
+        d = json.loads(raw if isinstance(raw, str) else raw_bytes.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptRecordError(task_id, f"not valid JSON: {exc}", raw_bytes) from None
     if not isinstance(d, dict):
@@ -249,30 +276,35 @@ def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
     try:
         if fmt != RECORD_FORMAT:
             raise ValueError(f"unknown record format {fmt!r}")
-        return Task(
-            id=str(d["id"]),
-            workflow=str(d["workflow"]),
-            body=base64.b64decode(d["body"], validate=True),
-            status=TaskStatus(d["status"]),
-            step=int(d["step"]),
-            attempt=int(d["attempt"]),
-            results=dict(d["results"]),
-            error=TaskError.from_dict(d["error"]) if "error" in d else None,
-            failures=tuple(TaskError.from_dict(f) for f in d.get("failures", ())),
-            meta={str(k): str(v) for k, v in d["meta"].items()},
-            idempotency_key=d.get("idempotency_key"),
-            not_before=_ts(d["not_before"]) if "not_before" in d else None,
-            created_at=_ts(d["created_at"]),
-            updated_at=_ts(d["updated_at"]),
-            version=int(d["version"]),
-            owner=d.get("owner"),
-            cancel_requested=bool(d.get("cancel_requested", False)),
-            dead_letter=d.get("dead_letter"),
-            compensated=tuple(d.get("compensated", ())),
-        )
+        state = {
+            "id": str(d["id"]),
+            "workflow": str(d["workflow"]),
+            "body": base64.b64decode(d["body"], validate=True),
+            "status": TaskStatus(d["status"]),
+            "step": int(d["step"]),
+            "attempt": int(d["attempt"]),
+            "results": dict(d["results"]),
+            "error": TaskError.from_dict(d["error"]) if "error" in d else None,
+            "failures": tuple(TaskError.from_dict(f) for f in d.get("failures", ())),
+            "meta": {str(k): str(v) for k, v in d["meta"].items()},
+            "idempotency_key": d.get("idempotency_key"),
+            "not_before": _ts(d["not_before"]) if "not_before" in d else None,
+            "created_at": _ts(d["created_at"]),
+            "updated_at": _ts(d["updated_at"]),
+            "version": int(d["version"]),
+            "owner": d.get("owner"),
+            "cancel_requested": bool(d.get("cancel_requested", False)),
+            "dead_letter": d.get("dead_letter"),
+            "compensated": tuple(d.get("compensated", ())),
+        }
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise CorruptRecordError(task_id, detail, raw_bytes) from None
+    # Every field is set above, so the frozen dataclass's __init__ (one object.__setattr__
+    # per field, on every read of every record) has nothing to add.
+    task = object.__new__(Task)
+    task.__dict__.update(state)
+    return task
 
 
 def quarantine_task(task_id: str, workflow: str, raw: bytes, reason: str) -> Task:
