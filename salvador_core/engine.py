@@ -522,6 +522,8 @@ class _Run:
         self.stop_reason: str | None = None
         self.cancel = threading.Event()  # the running call's; each call gets a fresh one
         self.step_future: asyncio.Future[Any] | None = None
+        self.in_step = False  # an async step is being awaited in `handler` itself
+        self.step_cancelled = False  # interrupt() cancelled `handler` to stop that step
         self.beat_now = asyncio.Event()
         self.compensating = False
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
@@ -687,7 +689,10 @@ class _Run:
         """Run a step or compensation function under `timeout`, interruptible from outside."""
         if self.stop_reason is not None:
             raise _Interrupted(self.stop_reason)
-        if is_async(fn):
+        run_async = is_async(fn)
+        if run_async and not timeout:
+            return await self._await_here(fn, ctx)
+        if run_async:
             fut: asyncio.Future[Any] = asyncio.ensure_future(fn(ctx))
         else:
             fut = self.engine._call_in_thread(fn, ctx)
@@ -699,7 +704,7 @@ class _Run:
             return value
         except asyncio.TimeoutError:
             self.cancel.set()  # a sync step's thread cannot be killed; tell it to stop
-            if not is_async(fn):
+            if not run_async:
                 self.log.warning(
                     "task %s: step %r overran its %.1fs timeout; its thread is abandoned, "
                     "not waited on", ctx.task.id, ctx.step, timeout,
@@ -713,6 +718,31 @@ class _Run:
             raise _Interrupted(self.stop_reason) from None
         finally:
             self.step_future = None
+
+    async def _await_here(self, fn: StepFn, ctx: StepContext) -> Any:
+        """An async function without a timeout, awaited in this run's own task rather than
+        a task of its own (one per step was a large share of the engine's work per step).
+        `interrupt()` cancels the run's task while `in_step` is set, which stops the step
+        at its current await exactly as cancelling a task of its own would."""
+        self.in_step = True
+        try:
+            value = await fn(ctx)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+        except asyncio.CancelledError:
+            if not self.step_cancelled or self.stop_reason is None:
+                raise  # not our cancel: the run's task itself is being cancelled
+            raise _Interrupted(self.stop_reason) from None
+        finally:
+            self.in_step = False
+            if self.step_cancelled:
+                self.step_cancelled = False
+                # That cancel was meant for the step, not the run: withdraw it, so that
+                # timeouts later in the run still tell their own cancels apart (3.11+).
+                uncancel = getattr(self.handler, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
 
     def _checked_result(self, step: Step, value: Any) -> Any:
         """`value` as it will read back from the store; raises before anything is written."""
@@ -882,6 +912,9 @@ class _Run:
         self.cancel.set()
         if self.step_future is not None and not self.step_future.done():
             self.step_future.cancel()
+        elif self.in_step and self.handler is not None and not self.step_cancelled:
+            self.step_cancelled = True
+            self.handler.cancel()
 
     async def _heartbeat(self) -> None:
         """Extend the lease every lease/3 and watch for cancellation or a takeover."""
