@@ -518,13 +518,15 @@ class _Run:
         self.owner = f"{engine._worker_id}/{secrets.token_hex(4)}"
         self.task: Task | None = None
         self.handler: asyncio.Task[None] | None = None
-        self.beat: asyncio.Task[None] | None = None
+        self.beat: asyncio.Task[None] | None = None  # the beat in flight
+        self.beat_timer: asyncio.TimerHandle | None = None  # when the next beat is due
+        self.beating = False  # from taking ownership until the run ends or the task is lost
+        self.beat_again = False  # a beat was asked for while one was in flight
         self.stop_reason: str | None = None
         self.cancel = threading.Event()  # the running call's; each call gets a fresh one
         self.step_future: asyncio.Future[Any] | None = None
         self.in_step = False  # an async step is being awaited in `handler` itself
         self.step_cancelled = False  # interrupt() cancelled `handler` to stop that step
-        self.beat_now = asyncio.Event()
         self.compensating = False
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
             engine.log, {"task_id": claim.task_id, "workflow": wf.name}
@@ -561,9 +563,9 @@ class _Run:
         except Exception:
             self.log.exception("task %s: internal error; its lease will expire", self.claim.task_id)
         finally:
-            if self.beat is not None:
-                self.beat.cancel()
-                await asyncio.gather(self.beat, return_exceptions=True)
+            beat = self._stop_heartbeat()
+            if beat is not None:
+                await asyncio.gather(beat, return_exceptions=True)
 
     async def _load(self) -> Task | None:
         """The claimed task, or None when there is nothing to run (handled here)."""
@@ -639,7 +641,7 @@ class _Run:
             task.evolve(status=status, attempt=task.attempt + 1, owner=self.owner, not_before=None)
         )
         # From here on this run owns the task: keep the lease alive and watch for a takeover.
-        self.beat = asyncio.create_task(self._heartbeat())
+        self._start_heartbeat()
         if task.status is TaskStatus.COMPENSATING:
             await self._compensate(task)
         elif task.cancel_requested:
@@ -903,7 +905,7 @@ class _Run:
 
     def _request_beat(self) -> None:
         loop = self.handler.get_loop() if self.handler else asyncio.get_event_loop()
-        loop.call_soon_threadsafe(self.beat_now.set)
+        loop.call_soon_threadsafe(self._beat_requested)
 
     def interrupt(self, reason: str) -> None:
         """Stop the running step (if any) for `reason`; the run then acts on it."""
@@ -916,33 +918,81 @@ class _Run:
             self.step_cancelled = True
             self.handler.cancel()
 
+    # The heartbeat is a timer that starts a beat task only when a beat is due (every
+    # lease/3 from taking ownership, and again lease/3 after each beat ends) or asked for;
+    # a task waiting out the interval for every run cost more than the run's steps.
+
+    def _start_heartbeat(self) -> None:
+        self.beating = True
+        self._beat_later()
+
+    def _stop_heartbeat(self) -> asyncio.Task[None] | None:
+        """Stop beating; returns the beat in flight (cancelled), if any, to be awaited."""
+        self.beating = False
+        if self.beat_timer is not None:
+            self.beat_timer.cancel()
+            self.beat_timer = None
+        if self.beat is not None:
+            self.beat.cancel()
+        return self.beat
+
+    def _beat_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.beat_timer = loop.call_later(self.engine.lease / 3, self._beat_due)
+
+    def _beat_due(self) -> None:
+        self.beat_timer = None
+        if self.beating and self.beat is None:
+            self.beat = asyncio.ensure_future(self._heartbeat())
+
+    def _beat_requested(self) -> None:
+        """A step asked for a beat now: start one, or another as soon as the current ends."""
+        if not self.beating:
+            return
+        if self.beat is not None:
+            self.beat_again = True
+            return
+        if self.beat_timer is not None:
+            self.beat_timer.cancel()
+        self._beat_due()
+
     async def _heartbeat(self) -> None:
-        """Extend the lease every lease/3 and watch for cancellation or a takeover."""
+        """One beat: extend the lease and watch for cancellation or a takeover; then the
+        next one is scheduled, unless the task is lost."""
+        try:
+            keep_beating = await self._beat()
+        finally:
+            self.beat = None
+        if not keep_beating:
+            self.beating = False  # lost: nothing to renew, not even when a step asks
+        elif self.beating:
+            if self.beat_again:
+                self.beat_again = False
+                self._beat_due()
+            else:
+                self._beat_later()
+
+    async def _beat(self) -> bool:
         engine = self.engine
         interval = engine.lease / 3
-        while True:
-            try:
-                await asyncio.wait_for(self.beat_now.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
-            self.beat_now.clear()
-            try:
-                self.claim = await asyncio.wait_for(
-                    engine.queue.extend(self.claim, lease=engine.lease), timeout=interval
-                )
-                current = await asyncio.wait_for(engine.store.get(self.claim.task_id), interval)
-            except LeaseLostError:
-                self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
-                self.interrupt("lost")
-                return
-            except Exception as exc:
-                self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, _describe(exc))
-                continue
-            if current is None or (current.owner is not None and current.owner != self.owner):
-                self.interrupt("lost")
-                return
-            if current.cancel_requested and not self.compensating:
-                self.interrupt("cancelled")
+        try:
+            self.claim = await asyncio.wait_for(
+                engine.queue.extend(self.claim, lease=engine.lease), timeout=interval
+            )
+            current = await asyncio.wait_for(engine.store.get(self.claim.task_id), interval)
+        except LeaseLostError:
+            self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
+            self.interrupt("lost")
+            return False
+        except Exception as exc:
+            self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, _describe(exc))
+            return True
+        if current is None or (current.owner is not None and current.owner != self.owner):
+            self.interrupt("lost")
+            return False
+        if current.cancel_requested and not self.compensating:
+            self.interrupt("cancelled")
+        return True
 
 
 # -- helpers ------------------------------------------------------------------------------
