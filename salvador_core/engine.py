@@ -57,7 +57,7 @@ from salvador_core.task import (
     quarantine_task,
     utcnow,
 )
-from salvador_core.workflow import Step, StepContext, StepFn, Workflow, is_async
+from salvador_core.workflow import CancelFlag, Step, StepContext, StepFn, Workflow, is_async
 
 log = logging.getLogger("salvador")
 
@@ -523,7 +523,7 @@ class _Run:
         self.beating = False  # from taking ownership until the run ends or the task is lost
         self.beat_again = False  # a beat was asked for while one was in flight
         self.stop_reason: str | None = None
-        self.cancel = threading.Event()  # the running call's; each call gets a fresh one
+        self.cancel = CancelFlag()  # the running call's; each call gets a fresh one
         self.step_future: asyncio.Future[Any] | None = None
         self.in_step = False  # an async step is being awaited in `handler` itself
         self.step_cancelled = False  # interrupt() cancelled `handler` to stop that step
@@ -682,7 +682,7 @@ class _Run:
 
     def _context(self, task: Task, step: str, **extra: Any) -> StepContext:
         self.task = task
-        self.cancel = threading.Event()
+        self.cancel = CancelFlag()
         return StepContext(
             task, step, logger=self.log, heartbeat=self._request_beat, cancel=self.cancel, **extra
         )

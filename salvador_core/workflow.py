@@ -17,6 +17,24 @@ StepFn = Callable[["StepContext"], "Any | Awaitable[Any]"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class CancelFlag:
+    """Raised once when a step or compensation call should stop (cancel, lease lost,
+    shutdown, timeout); read through `StepContext.cancelled`, from the loop or from a sync
+    step's thread. A plain attribute: setting and reading one is atomic, and each call gets
+    a fresh flag, so a threading.Event (a lock and a condition each time) bought nothing."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class StepContext:
     """What a step (or a compensation) gets: the task, earlier results, and its handles.
 
@@ -40,7 +58,7 @@ class StepContext:
         *,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         heartbeat: Callable[[], None],
-        cancel: threading.Event,
+        cancel: CancelFlag | threading.Event,
         error: TaskError | None = None,
         result: Any = None,
         compensation: bool = False,
