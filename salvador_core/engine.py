@@ -70,6 +70,14 @@ MAX_CLAIMERS_PER_WORKFLOW = 4
 COMPENSATION_MAX_ATTEMPTS = 5
 
 
+#: The JSON of a step that returns None (most do): no need to run the encoder for it.
+_NULL = b"null"
+#: Result types that read back from JSON as an equal value of the same type, once
+#: `dump_json` has accepted them (it refuses NaN, infinities and unencodable strings).
+#: Exact types: subclasses such as enums read back as their plain base type.
+_READ_BACK_UNCHANGED = frozenset({str, int, float, bool})
+
+
 class _Interrupted(Exception):
     """A running step was stopped from outside: reason is 'cancelled', 'lost' or 'shutdown'."""
 
@@ -749,8 +757,10 @@ class _Run:
     def _checked_result(self, step: Step, value: Any) -> Any:
         """`value` as it will read back from the store; raises before anything is written."""
         what = f"the result of step {step.name!r}"
-        data = dump_json(value, what=what)
+        data = _NULL if value is None else dump_json(value, what=what)
         check_size(what, data, self.engine.max_payload_bytes)
+        if value is None or type(value) in _READ_BACK_UNCHANGED:
+            return value  # decoding `data` would give an equal value back
         return json.loads(data)
 
     async def _step_failed(self, task: Task, step: Step, exc: Exception) -> None:
