@@ -331,7 +331,7 @@ def dump_json(value: Any, *, what: str) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise StepResultError(
-            f"{what} is not JSON-serialisable ({type(value).__name__}: {exc}); return dicts, "
+            f"{what} is not JSON-serialisable ({type(value).__name__}: {exc}); use dicts, "
             "lists, strings, numbers, booleans or None (convert dataclasses, datetimes and "
             "Decimals yourself)."
         ) from None
