@@ -46,6 +46,9 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._records: dict[str, bytes] = {}
+        # The version of each record this backend wrote, so a CAS needs no decode; a record
+        # written around it (the corrupt-record back door) has none and is decoded.
+        self._versions: dict[str, int] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._ready: dict[str, deque[str]] = {}
         self._delayed: dict[str, list[tuple[float, str]]] = {}
@@ -84,6 +87,7 @@ class MemoryBackend:
                 return decode_task(self._records[existing], existing)
         stored = task.evolve(version=1)
         self._records[task.id] = encode_task(stored)
+        self._versions[task.id] = 1
         if task.idempotency_key is not None:
             self._idempotency[(task.workflow, task.idempotency_key)] = task.id
         return stored
@@ -96,11 +100,14 @@ class MemoryBackend:
         raw = self._records.get(task.id)
         if raw is None:
             raise ConflictError(task.id, expected_version, None)
-        current = decode_task(raw, task.id).version
+        current = self._versions.get(task.id)
+        if current is None:
+            current = decode_task(raw, task.id).version
         if current != expected_version:
             raise ConflictError(task.id, expected_version, current)
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
         self._records[task.id] = encode_task(stored)
+        self._versions[task.id] = stored.version
         return stored
 
     async def list(
@@ -135,6 +142,7 @@ class MemoryBackend:
         raw = self._records.pop(task_id, None)
         if raw is None:
             return False
+        self._versions.pop(task_id, None)
         self._drop_from_queue(task_id)
         self._idempotency = {k: v for k, v in self._idempotency.items() if v != task_id}
         return True
@@ -156,6 +164,7 @@ class MemoryBackend:
     async def quarantine(self, task: Task) -> Task:
         stored = task.evolve(version=task.version + 1, updated_at=utcnow())
         self._records[task.id] = encode_task(stored)
+        self._versions[task.id] = stored.version
         return stored
 
     # -- queue ---------------------------------------------------------------------------
@@ -233,6 +242,7 @@ class MemoryBackend:
     def write_raw(self, task_id: str, raw: bytes) -> None:
         """Overwrite a record with arbitrary bytes (to test corrupt-record handling)."""
         self._records[task_id] = raw
+        self._versions.pop(task_id, None)
 
     def expire_lease(self, task_id: str) -> None:
         """Make the current lease on `task_id` expire now."""
