@@ -345,10 +345,19 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
     ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem"))
     ext = directory / "san.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    # Complete X.509v3 extensions: Python 3.13 verifies with VERIFY_X509_STRICT, which
+    # refuses a CA without keyUsage and a leaf without an authority key identifier.
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     for argv in (
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-         "-days", "1", "-subj", "/CN=salvador test CA"],
+         "-days", "1", "-subj", "/CN=salvador test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
          "-days", "1", "-extfile", ext],
