@@ -640,9 +640,13 @@ class _Run:
                 await self._give_up(task, error, "worker_lost")
             return
         if lost:
+            where = (
+                "its compensations" if task.status is TaskStatus.COMPENSATING
+                else f"step {task.step + 1} ({wf.steps[task.step].name!r})"
+            )
             self.log.warning(
-                "task %s: resuming after a lost worker (attempt %d of step %d)",
-                task.id, task.attempt, task.step,
+                "task %s: resuming %s after a lost worker; the lost attempt was number %d",
+                task.id, where, task.attempt,
             )
         status = TaskStatus.COMPENSATING if task.status is TaskStatus.COMPENSATING else TaskStatus.RUNNING
         task = await self._write(
