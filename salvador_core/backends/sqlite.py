@@ -62,7 +62,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -150,25 +150,28 @@ _UPDATE = (
 # The ack half applies only while the claim's receipt is the current lease. SET expressions
 # all read the row as it was, so their order does not matter.
 _SETTLE = (
-    "UPDATE tasks SET record = ?1, status = ?2, version = ?3, updated_at = ?4, "
-    "q_workflow = iif(q_receipt = ?7, NULL, q_workflow), q_due = iif(q_receipt = ?7, NULL, q_due), "
-    "q_deliveries = iif(q_receipt = ?7, 0, q_deliveries), q_receipt = iif(q_receipt = ?7, NULL, q_receipt) "
-    "WHERE id = ?5 AND version = ?6 AND record IS NOT NULL"
+    "UPDATE tasks SET record = :record, status = :status, version = :version, "
+    "updated_at = :updated_at, q_workflow = iif(q_receipt = :receipt, NULL, q_workflow), "
+    "q_due = iif(q_receipt = :receipt, NULL, q_due), "
+    "q_deliveries = iif(q_receipt = :receipt, 0, q_deliveries), "
+    "q_receipt = iif(q_receipt = :receipt, NULL, q_receipt) "
+    "WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
 _REQUEUE = (
-    "UPDATE tasks SET record = ?1, status = ?2, version = ?3, updated_at = ?4, "
-    "q_due = iif(q_workflow IS NULL, ?7, q_due), "
-    "q_deliveries = iif(q_workflow IS NULL, 0, q_deliveries), q_workflow = coalesce(q_workflow, ?8) "
-    "WHERE id = ?5 AND version = ?6 AND record IS NOT NULL"
+    "UPDATE tasks SET record = :record, status = :status, version = :version, "
+    "updated_at = :updated_at, q_due = iif(q_workflow IS NULL, :due, q_due), "
+    "q_deliveries = iif(q_workflow IS NULL, 0, q_deliveries), "
+    "q_workflow = coalesce(q_workflow, :workflow) "
+    "WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
 _ENQUEUE = (
-    "INSERT INTO tasks (id, workflow, q_workflow, q_due) VALUES (?1, ?2, ?2, ?3) "
+    "INSERT INTO tasks (id, workflow, q_workflow, q_due) VALUES (:id, :workflow, :workflow, :due) "
     "ON CONFLICT (id) DO UPDATE SET q_workflow = excluded.q_workflow, q_due = excluded.q_due, "
     "q_receipt = NULL, q_deliveries = 0 WHERE q_workflow IS NULL"
 )
 _CLAIM = (
-    "UPDATE tasks SET q_receipt = ?1, q_due = ?2, q_deliveries = q_deliveries + 1 "
-    "WHERE rowid = (SELECT rowid FROM tasks WHERE q_workflow = ?3 AND q_due <= ?4 "
+    "UPDATE tasks SET q_receipt = ?, q_due = ?, q_deliveries = q_deliveries + 1 "
+    "WHERE rowid = (SELECT rowid FROM tasks WHERE q_workflow = ? AND q_due <= ? "
     "ORDER BY q_due LIMIT 1) "
     "RETURNING id, q_deliveries, record"
 )
@@ -389,7 +392,8 @@ class SQLiteBackend:
     # -- queue ---------------------------------------------------------------------------
 
     async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
-        await self._run(self._execute_sync, _ENQUEUE, (task_id, workflow, _due(not_before)))
+        params = {"id": task_id, "workflow": workflow, "due": _due(not_before)}
+        await self._run(self._execute_sync, _ENQUEUE, params)
         self._wake(workflow)
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
@@ -447,20 +451,14 @@ class SQLiteBackend:
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        params = (
-            encode_task(stored), stored.status.value, stored.version, stored.updated_at.timestamp(),
-            task.id, expected_version, _due(task.not_before), task.workflow,
-        )
+        params = _fenced_write(stored, expected_version, due=_due(task.not_before), workflow=task.workflow)
         await self._run(self._fenced_sync, _REQUEUE, params, task.id, expected_version)
         self._wake(task.workflow)
         return stored
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        params = (
-            encode_task(stored), stored.status.value, stored.version, stored.updated_at.timestamp(),
-            task.id, expected_version, claim.receipt,
-        )
+        params = _fenced_write(stored, expected_version, receipt=claim.receipt)
         await self._run(self._fenced_sync, _SETTLE, params, task.id, expected_version)
         return stored
 
@@ -599,8 +597,8 @@ class SQLiteBackend:
         if conn is not None:
             conn.close()
 
-    def _execute_sync(self, sql: str, params: Iterable[Any]) -> int:
-        return self._db().execute(sql, tuple(params)).rowcount
+    def _execute_sync(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
+        return self._db().execute(sql, params).rowcount
 
     def _rows_sync(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
         return self._db().execute(sql, tuple(params)).fetchall()
@@ -611,7 +609,9 @@ class SQLiteBackend:
         ).fetchone()
         return None if row is None else decode_task(row[0], task_id)
 
-    def _fenced_sync(self, sql: str, params: tuple[Any, ...], task_id: str, expected: int) -> None:
+    def _fenced_sync(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any], task_id: str, expected: int
+    ) -> None:
         conn = self._db()
         if conn.execute(sql, params).rowcount == 1:
             return
@@ -873,6 +873,15 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _fenced_write(stored: Task, expected_version: int, **extra: Any) -> dict[str, Any]:
+    """Named parameters of a fenced write of `stored` (`_SETTLE`, `_REQUEUE`)."""
+    return {
+        "record": encode_task(stored), "status": stored.status.value, "version": stored.version,
+        "updated_at": stored.updated_at.timestamp(), "id": stored.id, "expected": expected_version,
+        **extra,
+    }
 
 
 def _due(not_before: datetime | None) -> float:
