@@ -144,8 +144,8 @@ _FILL_STUB = (
     "updated_at = ? WHERE id = ? AND record IS NULL"
 )
 _UPDATE = (
-    "UPDATE tasks SET record = ?, status = ?, version = ?, updated_at = ? "
-    "WHERE id = ? AND version = ? AND record IS NOT NULL"
+    "UPDATE tasks SET record = :record, status = :status, version = :version, "
+    "updated_at = :updated_at WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
 # The ack half applies only while the claim's receipt is the current lease. SET expressions
 # all read the row as it was, so their order does not matter.
@@ -334,10 +334,7 @@ class SQLiteBackend:
 
     async def update(self, task: Task, expected_version: int) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        params = (
-            encode_task(stored), stored.status.value, stored.version,
-            stored.updated_at.timestamp(), task.id, expected_version,
-        )
+        params = _fenced_write(stored, expected_version)
         await self._run(self._fenced_sync, _UPDATE, params, task.id, expected_version)
         return stored
 
@@ -876,7 +873,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _fenced_write(stored: Task, expected_version: int, **extra: Any) -> dict[str, Any]:
-    """Named parameters of a fenced write of `stored` (`_SETTLE`, `_REQUEUE`)."""
+    """Named parameters of a fenced write of `stored` (`_UPDATE`, `_SETTLE`, `_REQUEUE`)."""
     return {
         "record": encode_task(stored), "status": stored.status.value, "version": stored.version,
         "updated_at": stored.updated_at.timestamp(), "id": stored.id, "expected": expected_version,
