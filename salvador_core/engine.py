@@ -14,13 +14,14 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
+import queue as queue_module
 import secrets
 import signal
 import socket
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from salvador_core.errors import (
     CorruptRecordError,
     InvalidStateError,
     LeaseLostError,
+    PayloadTooLargeError,
     SalvadorError,
     StepCancelledError,
     StepResultError,
@@ -84,6 +86,130 @@ class _Interrupted(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _StepFailed(Exception):
+    """Whatever a step or compensation function raised, `BaseException`s included, carried
+    out of the call as an ordinary exception: `SystemExit` from `sys.exit()` or argparse in a
+    step, or `KeyboardInterrupt`, escaping an asyncio task would stop the event loop and with
+    it every other task of the worker. It is that task's step failure, nothing more."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(_describe(error))
+        self.error = error
+
+
+class _StepThreads:
+    """The threads sync steps run in: daemon threads, started on demand, reused when idle.
+
+    Daemon, because a sync step cannot be stopped from outside: one that ignores
+    cancellation must not keep a drained worker process alive (a `ThreadPoolExecutor`'s
+    threads are joined at interpreter exit). On demand, because a thread whose step overran
+    its timeout is abandoned, still running: a fixed pool would fill with those and starve
+    the steps of every other workflow. Abandoned threads are counted and logged.
+    """
+
+    #: An idle thread waits this long for work before it ends.
+    IDLE_SECONDS = 60.0
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._jobs: queue_module.SimpleQueue[Callable[[], None] | None] = queue_module.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._busy: set[asyncio.Future[Any]] = set()  # calls whose function is running
+        self._abandoned: set[asyncio.Future[Any]] = set()  # ... that nobody waits for
+
+    @property
+    def abandoned(self) -> int:
+        """Threads still running a step that was given up on (timed out, or stopped)."""
+        return len(self._abandoned)
+
+    def call(self, fn: StepFn, ctx: StepContext) -> asyncio.Future[Any]:
+        """Run `fn(ctx)` in a thread; the future resolves on the loop, with `_StepFailed`
+        for whatever the call raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def job() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, context.run(fn, ctx))
+            except BaseException as exc:  # reported as the step's failure, whatever it is
+                outcome = (False, _StepFailed(exc))
+            with self._lock:
+                self._busy.discard(future)
+                if future in self._abandoned:
+                    self._abandoned.discard(future)
+                    left = len(self._abandoned)
+                    self._log.info("an abandoned step thread finished (%d still running)", left)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting for this result any more
+
+        with self._lock:
+            self._busy.add(future)
+            start = self._idle == 0
+            if start:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._serve, name=f"salvador-step-{self._threads}", daemon=True).start()
+        return future
+
+    def abandon(self, future: asyncio.Future[Any], what: str) -> None:
+        """The call behind `future` goes on running in its thread though nobody waits for
+        it any more; logged with how many such threads this process has."""
+        with self._lock:
+            if future not in self._busy:
+                return  # it finished meanwhile
+            self._abandoned.add(future)
+            count = len(self._abandoned)
+        self._log.warning(
+            "%s; its thread is abandoned, still running (%d abandoned step thread(s) in this "
+            "process); make the step poll ctx.cancelled to stop it", what, count,
+        )
+
+    def stop(self) -> None:
+        """Let idle threads end; busy ones end with their step or with the process."""
+        with self._lock:
+            idle = self._idle
+        for _ in range(idle):
+            self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while True:
+            job: Callable[[], None] | None = None
+            try:
+                job = self._jobs.get(timeout=self.IDLE_SECONDS)
+            except queue_module.Empty:
+                job = None
+            if job is None:
+                # Idle too long, or told to stop. `_idle` counts this thread unless a call
+                # reserved it meanwhile (then its job is queued: stay and take it).
+                with self._lock:
+                    if self._idle > 0:
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class Engine:
@@ -143,7 +269,9 @@ class Engine:
         self._opened = 0
         self._stopping = asyncio.Event()
         self._runs: set[_Run] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads = _StepThreads(self.log)
+        # Claim loops now waiting for a slot or for a task: stopping cancels them at once.
+        self._waiting_claimers: set[asyncio.Task[Any]] = set()
         for wf in workflows:
             self.register(wf)
 
@@ -223,17 +351,20 @@ class Engine:
             raise UnknownWorkflowError(name, list(self._workflows))
         data = _body_bytes(body)
         check_size(f"the body of a {name!r} task", data, self.max_payload_bytes)
-        if meta is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
-        ):
-            raise TypeError("meta must map strings to strings")
+        _check_key(idempotency_key)
+        _check_meta(meta)
         if delay is not None and not_before is not None:
             raise ValueError("pass delay or not_before, not both")
         if delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            seconds = _delay_seconds(delay)
             not_before = utcnow() + timedelta(seconds=seconds) if seconds > 0 else None
-        if not_before is not None and not_before.tzinfo is None:
-            raise ValueError("not_before must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        if not_before is not None and (
+            not isinstance(not_before, datetime) or not_before.tzinfo is None
+        ):
+            raise ValueError(
+                f"not_before must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), "
+                f"got {not_before!r}"
+            )
         task = Task(
             id=new_task_id(),
             workflow=name,
@@ -396,10 +527,6 @@ class Engine:
             raise ConfigurationError("no workflows registered; call engine.register(wf) first")
         await self.open()
         loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.concurrency * len(self._workflows) + 4,
-            thread_name_prefix="salvador-step",
-        )
         signals = _install_signal_handlers(loop, self._stopping.set) if handle_signals else []
         claimers: list[asyncio.Task[None]] = []
         for wf in self._workflows.values():
@@ -428,6 +555,11 @@ class Engine:
 
     async def _drain(self, claimers: list[asyncio.Task[None]], upkeep: asyncio.Task[None]) -> None:
         upkeep.cancel()
+        # A claimer waiting for a task or a slot holds nothing: stop it now, whatever
+        # `poll_interval` is. (A task leased at this very instant comes back when its lease
+        # expires, as if this worker had died.) The others are between a claim and its run.
+        for t in self._waiting_claimers:
+            t.cancel()
         _, late = await asyncio.wait(claimers, timeout=self.poll_interval + 1.0)
         for t in late:
             t.cancel()
@@ -440,27 +572,40 @@ class Engine:
                 r.interrupt("shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=max(self.lease / 3, 5.0))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._threads.stop()
         await self.close()
         self.log.info("worker %s stopped", self._worker_id)
 
     async def _claim_loop(self, wf: Workflow, slots: asyncio.Semaphore) -> None:
         failures = 0
+        me = asyncio.current_task()
+        assert me is not None
+        waiting = self._waiting_claimers
+        # Outer timeout: a dead connection must never hang a worker.
+        limit = self.poll_interval + max(5.0, self.lease / 3)
         while not self._stopping.is_set():
-            await slots.acquire()
-            claim: Claim | None = None
+            waiting.add(me)
             try:
-                # Outer timeout: a dead connection must never hang a worker.
+                await slots.acquire()
+            finally:
+                waiting.discard(me)
+            claim: Claim | None = None
+            waiting.add(me)
+            try:
                 claim = await asyncio.wait_for(
-                    self.queue.claim(wf.name, lease=self.lease, wait=self.poll_interval),
-                    timeout=self.poll_interval + max(5.0, self.lease / 3),
+                    self.queue.claim(wf.name, lease=self.lease, wait=self.poll_interval), timeout=limit
                 )
                 failures = 0
             except asyncio.CancelledError:
                 slots.release()
                 raise
+            except asyncio.TimeoutError:
+                failures += 1
+                self.log.error(
+                    "claiming %r failed: the backend did not answer within %.1fs; retrying in "
+                    "%.1fs", wf.name, limit, _backoff(failures),
+                )
+                await _sleep_unless(self._stopping, _backoff(failures))
             except Exception as exc:
                 failures += 1
                 self.log.error(
@@ -468,6 +613,8 @@ class Engine:
                     wf.name, _describe(exc), _backoff(failures),
                 )
                 await _sleep_unless(self._stopping, _backoff(failures))
+            finally:
+                waiting.discard(me)
             if claim is None or self._stopping.is_set():
                 if claim is not None:
                     await _quietly(self.queue.release(claim), self.log)
@@ -510,10 +657,6 @@ class Engine:
                 return
             cursor = page.cursor
 
-    def _call_in_thread(self, fn: StepFn, ctx: StepContext) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, fn, ctx)
-        return loop.run_in_executor(self._executor, call)
 
 
 class _Run:
@@ -521,6 +664,7 @@ class _Run:
 
     def __init__(self, engine: Engine, wf: Workflow, claim: Claim) -> None:
         self.engine = engine
+        self.threads = engine._threads
         self.wf = wf
         self.claim = claim
         self.owner = f"{engine._worker_id}/{secrets.token_hex(4)}"
@@ -568,12 +712,39 @@ class _Run:
                 "task %s: backend failed (%s); its lease will expire and it will be retried",
                 self.claim.task_id, _describe(exc),
             )
-        except Exception:
-            self.log.exception("task %s: internal error; its lease will expire", self.claim.task_id)
+        except Exception as exc:
+            await self._internal_error(exc)
         finally:
             beat = self._stop_heartbeat()
             if beat is not None:
                 await asyncio.gather(beat, return_exceptions=True)
+
+    async def _internal_error(self, exc: Exception) -> None:
+        """A fault of salvador's own (or a backend's answer it cannot use): log it with its
+        cause and, if this run owns the task, record it as the task's failure, so that it
+        is visible and never passed off as a lost worker."""
+        task = self.task
+        owned = task is not None and task.owner == self.owner
+        self.log.error(
+            "task %s: internal error (%s)%s", self.claim.task_id, _describe(exc),
+            "; recording it as the task's failure" if owned else "; its lease will expire",
+            exc_info=exc,
+        )
+        if task is None or not owned:
+            return
+        error = TaskError.from_exception(exc, step=None, attempt=task.attempt)
+        error = TaskError(
+            type="salvador.InternalError",
+            message=f"salvador could not go on with this task: {error.type}: {error.message}",
+            step=None, attempt=task.attempt, traceback=error.traceback,
+        )
+        try:
+            await self._settle(task, TaskStatus.FAILED, error=error, dead_letter="internal-error")
+        except Exception as again:
+            self.log.error(
+                "task %s: could not record the internal error either (%s); its lease will "
+                "expire and another worker will try it", task.id, _describe(again),
+            )
 
     async def _load(self) -> Task | None:
         """The claimed task, or None when there is nothing to run (handled here)."""
@@ -671,8 +842,16 @@ class _Run:
             except _Interrupted as stop:
                 await self._interrupted(task, stop.reason)
                 return
-            except Exception as exc:
+            except _StepFailed as failed:
+                await self._step_failed(task, step, failed.error)
+                return
+            except StepTimeoutError as exc:
                 await self._step_failed(task, step, exc)
+                return
+            except (StepResultError, PayloadTooLargeError) as exc:
+                # The result is refused before anything is written; it would be refused
+                # again on every attempt.
+                await self._step_failed(task, step, exc, permanent=True)
                 return
             last = task.step + 1 == len(wf.steps)
             task = await self._write(final=last, task=task.evolve(
@@ -707,9 +886,9 @@ class _Run:
         if run_async and not timeout:
             return await self._await_here(fn, ctx)
         if run_async:
-            fut: asyncio.Future[Any] = asyncio.ensure_future(fn(ctx))
+            fut: asyncio.Future[Any] = asyncio.ensure_future(_contained(fn, ctx))
         else:
-            fut = self.engine._call_in_thread(fn, ctx)
+            fut = self.threads.call(fn, ctx)
         self.step_future = fut
         try:
             value = await asyncio.wait_for(fut, timeout) if timeout else await fut
@@ -719,17 +898,28 @@ class _Run:
         except asyncio.TimeoutError:
             self.cancel.set()  # a sync step's thread cannot be killed; tell it to stop
             if not run_async:
-                self.log.warning(
-                    "task %s: step %r overran its %.1fs timeout; its thread is abandoned, "
-                    "not waited on", ctx.task.id, ctx.step, timeout,
+                self.threads.abandon(
+                    fut, f"task {ctx.task.id}: step {ctx.step!r} overran its {timeout:.1f}s timeout"
                 )
             raise StepTimeoutError(
                 f"step {ctx.step!r} did not finish within its timeout of {timeout}s"
             ) from None
         except asyncio.CancelledError:
-            if self.stop_reason is None:
-                raise
-            raise _Interrupted(self.stop_reason) from None
+            if self.stop_reason is not None:
+                if not run_async:
+                    self.threads.abandon(
+                        fut, f"task {ctx.task.id}: step {ctx.step!r} was stopped ({self.stop_reason})"
+                    )
+                raise _Interrupted(self.stop_reason) from None
+            if self._cancelling() or not fut.cancelled():
+                raise  # this run itself is being cancelled
+            # The step raised CancelledError of its own accord: its failure, not ours.
+            raise _StepFailed(asyncio.CancelledError("the step raised CancelledError")) from None
+        except _StepFailed:
+            raise
+        except BaseException as exc:
+            # A sync function returning an awaitable: what awaiting it raised.
+            raise _StepFailed(exc) from None
         finally:
             self.step_future = None
 
@@ -744,10 +934,15 @@ class _Run:
             if inspect.isawaitable(value):
                 value = await value
             return value
-        except asyncio.CancelledError:
-            if not self.step_cancelled or self.stop_reason is None:
+        except asyncio.CancelledError as exc:
+            if self.step_cancelled and self.stop_reason is not None:
+                raise _Interrupted(self.stop_reason) from None
+            if self.step_cancelled or self._cancelling():
                 raise  # not our cancel: the run's task itself is being cancelled
-            raise _Interrupted(self.stop_reason) from None
+            # The step raised CancelledError of its own accord: its failure, not ours.
+            raise _StepFailed(exc) from None
+        except BaseException as exc:
+            raise _StepFailed(exc) from None
         finally:
             self.in_step = False
             if self.step_cancelled:
@@ -758,6 +953,12 @@ class _Run:
                 if uncancel is not None:
                     uncancel()
 
+    def _cancelling(self) -> bool:
+        """Whether this run's own task is being cancelled from outside (Python 3.11+ can
+        tell; on 3.10 a CancelledError we did not cause is taken as the step's own)."""
+        cancelling = getattr(self.handler, "cancelling", None)
+        return bool(cancelling is not None and cancelling())
+
     def _checked_result(self, step: Step, value: Any) -> Any:
         """`value` as it will read back from the store; raises before anything is written."""
         what = f"the result of step {step.name!r}"
@@ -767,12 +968,14 @@ class _Run:
             return value  # decoding `data` would give an equal value back
         return json.loads(data)
 
-    async def _step_failed(self, task: Task, step: Step, exc: Exception) -> None:
+    async def _step_failed(
+        self, task: Task, step: Step, exc: BaseException, *, permanent: bool = False
+    ) -> None:
+        """Record a failed attempt: retry it as the step's policy says, or give up. Whatever
+        the step's own code raised (a `SalvadorError` from a call it made included) follows
+        the policy; `permanent` is for what the engine refused and would refuse again."""
         error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
         policy = self.wf.retry_for(step)
-        permanent = isinstance(exc, (StepResultError, SalvadorError)) and not isinstance(
-            exc, StepTimeoutError
-        )
         if not permanent and policy.should_retry(exc, task.attempt):
             delay = policy.delay(task.attempt)
             self.log.warning(
@@ -847,7 +1050,8 @@ class _Run:
             except _Interrupted as stop:
                 await self._interrupted(task, stop.reason)
                 return
-            except Exception as exc:
+            except (_StepFailed, StepTimeoutError) as failed:
+                exc = failed.error if isinstance(failed, _StepFailed) else failed
                 error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
                 self.log.error(
                     "task %s: compensation of step %r failed (%s: %s)",
@@ -902,6 +1106,9 @@ class _Run:
         atomic = self.engine._atomic
         if not final:
             return await self.engine.store.update(task, expected_version)
+        # The run is over once this lands: a beat failing from here on (the ack ends the
+        # lease) is no news.
+        self.beating = False
         if atomic is not None:
             # One round trip: the backend writes and acks together (or writes alone when
             # the lease was lost; the new holder then acks the terminal task on sight).
@@ -995,11 +1202,20 @@ class _Run:
             )
             current = await asyncio.wait_for(engine.store.get(self.claim.task_id), interval)
         except LeaseLostError:
-            self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
+            if self.beating:
+                self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
             self.interrupt("lost")
             return False
+        except asyncio.TimeoutError:
+            if self.beating:
+                self.log.error(
+                    "task %s: heartbeat failed: the backend did not answer within %.1fs",
+                    self.claim.task_id, interval,
+                )
+            return True
         except Exception as exc:
-            self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, _describe(exc))
+            if self.beating:
+                self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, _describe(exc))
             return True
         if current is None or (current.owner is not None and current.owner != self.owner):
             self.interrupt("lost")
@@ -1047,7 +1263,73 @@ def _cancel_error(task: Task) -> TaskError:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"{type(exc).__name__}: an operation did not finish in time"
+    return type(exc).__name__
+
+
+async def _contained(fn: StepFn, ctx: StepContext) -> Any:
+    """Await an async step in a task of its own, with whatever it raises (but a cancel)
+    turned into `_StepFailed`: a `SystemExit` leaving a task would stop the event loop."""
+    try:
+        value = await cast(Any, fn(ctx))
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        raise _StepFailed(exc) from None
+
+
+def _check_text(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} holds a character UTF-8 cannot store ({exc.reason} at position {exc.start}); "
+            "lone surrogates come from os.fsdecode or surrogateescape: decode the bytes properly"
+        ) from None
+
+
+def _check_key(key: object) -> None:
+    """The same answer on every backend: an idempotency key is a non-empty str."""
+    if key is None:
+        return
+    if not isinstance(key, str) or not key:
+        raise ValueError(
+            f"idempotency_key must be a non-empty str or None, got {key!r}; convert ids "
+            "yourself (str(order_id)) so that 5 and '5' are never taken for different keys"
+        )
+    _check_text("idempotency_key", key)
+
+
+def _check_meta(meta: object) -> None:
+    if meta is None:
+        return
+    if not isinstance(meta, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise TypeError(f"meta must be a dict of str to str, got {meta!r}")
+    for k, v in meta.items():
+        _check_text(f"meta key {k!r}", k)
+        _check_text(f"meta[{k!r}]", v)
+
+
+def _delay_seconds(delay: object) -> float:
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise ValueError(f"delay must be seconds (int or float) or a timedelta, got {delay!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"delay must be a finite number of seconds, got {delay!r}")
+    if seconds > 10 * 365 * 86400:
+        raise ValueError(f"delay of {seconds:.0f}s is over ten years; pass not_before for a date")
+    return seconds
 
 
 def _backoff(failures: int) -> float:

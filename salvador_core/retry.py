@@ -16,8 +16,9 @@ class RetryPolicy:
     `initial_delay * multiplier**(n-1)`, capped at `max_delay`, then spread by +/- `jitter`
     (a fraction) so that many tasks failing together do not retry together.
 
-    `retry_on` limits retries to these exception types; `give_up_on` fails at once on
-    these, whatever `retry_on` says.
+    `retry_on` limits retries to these exception types (by default anything the step
+    raises, `BaseException`s such as `SystemExit` from `sys.exit()` included); `give_up_on`
+    fails at once on these, whatever `retry_on` says.
     """
 
     max_attempts: int = 3
@@ -25,7 +26,7 @@ class RetryPolicy:
     max_delay: float = 300.0
     multiplier: float = 2.0
     jitter: float = 0.1
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    retry_on: tuple[type[BaseException], ...] = (BaseException,)
     give_up_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:

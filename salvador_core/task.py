@@ -218,7 +218,7 @@ def _record_head(task: Task) -> bytes:
             "id": task.id,
             "workflow": task.workflow,
             "body": base64.b64encode(task.body).decode("ascii"),
-        }).encode()[:-1] + b","
+        }).encode("utf-8", _ESCAPE)[:-1] + b","
         state[_RECORD_HEAD] = head
     return head
 
@@ -226,6 +226,13 @@ def _record_head(task: Task) -> bytes:
 #: `json.dumps(..., separators=(",", ":"), ensure_ascii=False)`, but built once: `dumps`
 #: builds a new encoder for every call, and records are written at every checkpoint.
 _encode_record = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+#: How text that UTF-8 cannot hold (lone surrogates, as `os.fsdecode` makes of undecodable
+#: file names, e.g. in an exception message) is written: as the JSON escape `\udcff`, which
+#: reads back as the same string. The encoder runs only on strings (JSON keys and values),
+#: so this is exactly what `ensure_ascii=True` would write for those characters, and only
+#: for them: a record can always be written.
+_ESCAPE = "backslashreplace"
 
 
 def encode_task(task: Task) -> bytes:
@@ -257,7 +264,7 @@ def encode_task(task: Task) -> bytes:
         record["dead_letter"] = task.dead_letter
     if task.compensated:
         record["compensated"] = list(task.compensated)
-    return _record_head(task) + _encode_record(record).encode()[1:]
+    return _record_head(task) + _encode_record(record).encode("utf-8", _ESCAPE)[1:]
 
 
 def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
@@ -328,13 +335,14 @@ def dump_json(value: Any, *, what: str) -> bytes:
     from salvador_core.errors import StepResultError
 
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise StepResultError(
             f"{what} is not JSON-serialisable ({type(value).__name__}: {exc}); use dicts, "
             "lists, strings, numbers, booleans or None (convert dataclasses, datetimes and "
             "Decimals yourself)."
         ) from None
+    return text.encode("utf-8", _ESCAPE)
 
 
 def check_size(what: str, data: bytes, limit: int) -> None:
