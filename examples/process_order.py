@@ -212,9 +212,10 @@ def report(directory: Path, task: Task, killed: int, resumer: int, elapsed: floa
         and starts["ship"] == 1
     )
     if ok:
-        say(f"  task {task.id} resumed at step 2 (charge-payment) by worker pid {resumer} "
-            f"{elapsed:.1f}s after the kill; validate ran 1 time, charge-payment ran 2 times "
-            "(the killed attempt and the resumed one), ship ran 1 time")
+        say(f"  task {task.id} resumed at step 2 (charge-payment) by worker pid {resumer} and "
+            f"completed {elapsed:.1f}s after the kill (the dead worker's lease: {LEASE_SECONDS:g}s); "
+            "validate ran 1 time, charge-payment ran 2 times (the killed attempt and the resumed "
+            "one), ship ran 1 time")
     else:
         say(f"  UNEXPECTED: task {task.id} ended {task.status.value}; the new worker started at "
             f"{resumed_at!r}; step starts {dict(starts)}")
