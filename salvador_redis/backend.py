@@ -8,8 +8,10 @@ script on one Cluster slot. Leases and due times are read from the Redis clock (
 
 Only two keys live outside the workflows' slots: the id -> workflow index (for `get(id)`
 and `delete(id)`, which are not told the workflow) and the set of workflow names (for
-listing). Both are written *before* the atomic submit script, so a crash between leaves an
-index entry without a record, which reads as "no such task". See docs/backends/redis.md.
+listing). On a single server the submit script writes them too, so a submit is all or
+nothing (a full server refuses it whole). On Redis Cluster they are written *before* the
+submit script, so a crash between leaves an index entry without a record, which reads as
+"no such task". See docs/backends/redis.md.
 """
 
 from __future__ import annotations
@@ -302,7 +304,8 @@ class RedisBackend:
     @_guarded
     async def create(self, task: Task) -> Task:
         """Insert `task` (version 1); a duplicate id or idempotency key returns the stored
-        task. Atomic in one script; the id index is written first (see module docs)."""
+        task. Atomic in one script, index entries included on a single server (on a cluster
+        they are written first: see module docs)."""
         return await self._insert(task, enqueue=False)
 
     @_guarded
@@ -474,13 +477,15 @@ class RedisBackend:
 
     @_guarded
     async def submit(self, task: Task) -> Task:
-        """Create and enqueue in one script; one round trip on a single server (the id
-        index write is pipelined ahead of the script)."""
+        """Create and enqueue in one script, one round trip on a single server. A refused
+        submit (the server is out of memory) writes nothing."""
         return await self._insert(task, enqueue=True)
 
     @_guarded
     async def requeue(self, task: Task, expected_version: int) -> Task:
-        """A fenced update and an enqueue in one script."""
+        """A fenced update and a fresh queue entry in one script: any lease from before is
+        voided (its ack, extend or release raises `LeaseLostError`) and any old due time
+        replaced; the task is claimable now, or at `task.not_before`."""
         stored, data = self._encode_write(task, expected_version)
         reply = await self._run(
             "requeue", task.workflow,
@@ -594,32 +599,56 @@ class RedisBackend:
             task.id, _record(stored), stored.status.value, _ts(stored), task.idempotency_key or "",
             "1" if enqueue else "0", _delay_ms(task.not_before), self._retention_ms,
         )
-        name = task.workflow
-        index = (("HSET", self._ids_key, task.id, name), ("SADD", self._workflows_key, name))
-        # The index entries go first: if we die before the script, they point at nothing.
         if self._mux is None:
-            await asyncio.gather(*(self._exec(*command) for command in index))
-            reply = await self._run("submit", name, *args)
+            reply = await self._insert_on_cluster(task, args)
         else:
-            # One round trip: the connection delivers the three in order.
-            script = ("EVALSHA", _SHAS["submit"], 1, self._base(name), *args)
-            results = await self._mux.execute_many([*index, script])
-            for result in results[:2]:
-                if isinstance(result, Exception):
-                    raise result
-            reply = results[2]
-            if isinstance(reply, rx.NoScriptError):
-                reply = await self._run("submit", name, *args)
-            elif isinstance(reply, Exception):
-                raise reply
-        self._remember(task.id, name)
+            # One script writes the record and its index entries: all or nothing, even
+            # when the server is full and refuses the write.
+            reply = await self._run_indexed(task.workflow, *args, task.workflow)
+        self._remember(task.id, task.workflow)
         if int(reply[0]) == 1:
             return stored
         existing = decode_task(reply[1], task.id)
         if existing.id != task.id:
-            await self._exec("HDEL", self._ids_key, task.id)  # this id was never stored
             self._workflow_of.pop(task.id, None)
         return existing
+
+    async def _insert_on_cluster(self, task: Task, args: tuple[str | int | bytes, ...]) -> Any:
+        """The submit script, after the index entries that live in other slots. If we die
+        between, the entries point at nothing ("no such task"). If the script is refused
+        (the workflow's node is full) the id entry is taken back: nothing is left but,
+        possibly, the workflow's name, which other submits may be relying on already."""
+        name = task.workflow
+        results: tuple[Any, Any] = await asyncio.gather(
+            self._exec("HSET", self._ids_key, task.id, name),
+            self._exec("SADD", self._workflows_key, name),
+            return_exceptions=True,
+        )
+        created = results[0]
+        try:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            reply = await self._run("submit", name, *args)
+        except rx.OutOfMemoryError:
+            if created == 1:
+                await self._exec("HDEL", self._ids_key, task.id)
+            raise
+        if int(reply[0]) == 0 and decode_task(reply[1], task.id).id != task.id:
+            await self._exec("HDEL", self._ids_key, task.id)  # this id was never stored
+        return reply
+
+    async def _run_indexed(self, workflow: str, *args: str | int | bytes) -> Any:
+        """`submit_indexed` on a single server: the workflow's keys and the two indexes."""
+        command = (
+            "EVALSHA", _SHAS["submit_indexed"], 3, self._base(workflow), self._ids_key,
+            self._workflows_key, *args,
+        )
+        try:
+            return await self._exec(*command)
+        except rx.NoScriptError:
+            await self._load_scripts()
+            return await self._exec(*command)
 
     def _encode_write(self, task: Task, expected_version: int) -> tuple[Task, bytes]:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
@@ -638,7 +667,14 @@ class RedisBackend:
         base = self._base(workflow)
         # redis-py annotates the timeout as int; Redis takes fractions of a second.
         command = self._redis.blmove(base + "ready", base + "processing", cast(int, seconds), "RIGHT", "LEFT")
-        moved = await asyncio.wait_for(command, seconds + 2.0)
+        limit = seconds + 2.0
+        try:
+            moved = await asyncio.wait_for(command, limit)
+        except asyncio.TimeoutError:
+            raise rx.TimeoutError(
+                f"BLMOVE on {base}ready (blocking for {seconds:.3g} s) did not answer within "
+                f"{limit:.3g} s"
+            ) from None
         return None if moved is None else _text(moved)
 
     async def _workflow(self, task_id: str) -> str | None:
@@ -723,8 +759,8 @@ def _load_sources() -> dict[str, str]:
     folder = resources.files("salvador_redis") / "scripts"
     common = (folder / "common.lua").read_text()
     names = [
-        "submit", "enqueue", "claim", "adopt", "extend", "ack", "release", "update", "settle",
-        "requeue", "quarantine", "delete", "list", "purge", "sweep",
+        "submit", "submit_indexed", "enqueue", "claim", "adopt", "extend", "ack", "release",
+        "update", "settle", "requeue", "quarantine", "delete", "list", "purge", "sweep",
     ]
     return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
 

@@ -173,7 +173,10 @@ class Multiplexer:
         while True:
             await asyncio.sleep(period)
             if link.waiting and loop.time() - link.progress > self._timeout:
-                self._fail(link, rx.TimeoutError(f"no reply from Redis within {self._timeout:g}s"))
+                self._fail(link, rx.TimeoutError(
+                    f"no reply from Redis within {self._timeout:g} s on the shared connection "
+                    f"({len(link.waiting)} commands waiting)"
+                ))
                 return
 
     def _fail(self, link: _Link, exc: BaseException) -> None:

@@ -173,8 +173,7 @@ class MemoryBackend:
         if task_id in self._queued:
             return
         self._queued[task_id] = workflow
-        delay = 0.0 if not_before is None else (not_before - utcnow()).total_seconds()
-        self._schedule(workflow, task_id, delay)
+        self._schedule(workflow, task_id, _seconds_until(not_before))
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
         give_up = time.monotonic() + max(0.0, wait)
@@ -226,7 +225,12 @@ class MemoryBackend:
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
         stored = await self.update(task, expected_version)
-        await self.enqueue(task.workflow, task.id, not_before=task.not_before)
+        # Not `enqueue`: that keeps an existing entry, and a worker still holding a lease
+        # from before the requeue (it read the task as terminal) would ack it away. The
+        # old lease and any old due time are voided; the task is due now or at not_before.
+        self._unschedule(task.id)
+        self._queued[task.id] = task.workflow
+        self._schedule(task.workflow, task.id, _seconds_until(task.not_before))
         return stored
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
@@ -289,13 +293,18 @@ class MemoryBackend:
     def _current_lease(self, claim: Claim) -> _Lease:
         held = self._leases.get(claim.task_id)
         if held is None or held.receipt != claim.receipt:
-            raise LeaseLostError(claim.task_id, "it was re-delivered or acked")
+            raise LeaseLostError(claim.task_id, "it was re-delivered, requeued or acked")
         if held.deadline <= time.monotonic():
             raise LeaseLostError(claim.task_id, "it expired")
         return held
 
     def _drop_from_queue(self, task_id: str) -> None:
-        workflow = self._queued.pop(task_id, None)
+        self._unschedule(task_id)
+        self._queued.pop(task_id, None)
+
+    def _unschedule(self, task_id: str) -> None:
+        """Void the task's lease and take it out of ready and delayed; `queued` is kept."""
+        workflow = self._queued.get(task_id)
         if self._leases.pop(task_id, None) is not None:
             return  # a leased task is neither ready nor delayed: nothing to scan
         if workflow is not None:
@@ -306,3 +315,8 @@ class MemoryBackend:
             if delayed:
                 self._delayed[workflow] = [e for e in delayed if e[1] != task_id]
                 heapq.heapify(self._delayed[workflow])
+
+
+def _seconds_until(moment: datetime | None) -> float:
+    """Seconds from now until `moment` (0 or less: due now)."""
+    return 0.0 if moment is None else (moment - utcnow()).total_seconds()

@@ -48,6 +48,32 @@ local function enqueue(base, id, delay_ms, now)
   return 1
 end
 
+-- Queue `id` afresh whatever its queue state (requeue): any lease is voided, so an ack,
+-- extend or release from a claim made before this fails, and the task is ready now or,
+-- with `delay_ms` > 0, due then (replacing any earlier due time). An id already in ready
+-- or processing (taken by a BLMOVE, being adopted) stays there when no delay is asked:
+-- it is claimable now. Only a delayed requeue of such an id scans those lists (LREM).
+local function reschedule(base, id, delay_ms, now)
+  if redis.call('HSETNX', base .. 'queued', id, 0) == 0 then
+    local leased = redis.call('ZREM', base .. 'leases', id) == 1
+    redis.call('HDEL', base .. 'receipts', id)
+    local delayed = redis.call('ZREM', base .. 'delayed', id) == 1
+    if not leased and not delayed then
+      if delay_ms <= 0 then
+        return
+      end
+      redis.call('LREM', base .. 'ready', 0, id)
+      redis.call('LREM', base .. 'processing', 0, id)
+      redis.call('HDEL', base .. 'orphans', id)
+    end
+  end
+  if delay_ms > 0 then
+    delay(base, id, now + delay_ms)
+  else
+    redis.call('LPUSH', base .. 'ready', id)
+  end
+end
+
 -- Lease `id` to `receipt`; returns what claim() turns into a Claim (record data included,
 -- so the engine need not read the task in a second round trip).
 local function grant(base, id, receipt, now, lease_ms)
@@ -61,7 +87,7 @@ end
 -- Nil when `receipt` holds the live lease on `id`, else why not (for LeaseLostError).
 local function lease_problem(base, id, receipt, now)
   if redis.call('HGET', base .. 'receipts', id) ~= receipt then
-    return 'it was re-delivered or acked'
+    return 'it was re-delivered, requeued or acked'
   end
   local deadline = redis.call('ZSCORE', base .. 'leases', id)
   if not deadline or tonumber(deadline) <= now then
@@ -159,6 +185,15 @@ local function store(base, id, data, status, version, updated, now, retention_ms
   end
 end
 
+-- True when the record already holds exactly this write at `expected` + 1: the client
+-- is sending again a command whose reply it lost (the data carries the writer's
+-- timestamp, so two different writes never look alike).
+local function already_written(base, id, expected, data)
+  local rec = base .. 't:' .. id
+  return tonumber(redis.call('HGET', rec, 'version')) == expected + 1
+    and redis.call('HGET', rec, 'data') == data
+end
+
 -- Compare-and-set on the `version` field. Returns nil when written, else the reply for
 -- the client: {0, stored version} on a conflict, {-1} when the record is gone. A write
 -- that already landed (the client retried after a lost reply) counts as written.
@@ -170,11 +205,42 @@ local function cas_store(base, id, expected, data, status, updated, now, retenti
   end
   current = tonumber(current)
   if current ~= expected then
-    if current == expected + 1 and redis.call('HGET', rec, 'data') == data then
+    if already_written(base, id, expected, data) then
       return nil
     end
     return {0, current}
   end
   store(base, id, data, status, expected + 1, updated, now, retention_ms)
+  return nil
+end
+
+-- Insert a record (version 1) and, when `queue` is '1', queue it, unless a record with the
+-- same id or the same idempotency key exists. Returns nil when created, else the existing
+-- record's data. Under `maxmemory` the first write (SET or HSET, both refused when the
+-- server is full) fails before anything is written; once one write landed Redis runs the
+-- script to its end.
+local function insert(base, id, data, status, updated, idem, queue, delay_ms, retention_ms)
+  local rec = base .. 't:' .. id
+  local existing = redis.call('HGET', rec, 'data')
+  if existing then
+    return existing
+  end
+  if idem ~= '' then
+    local key = base .. 'i:' .. idem
+    local owner = redis.call('GET', key)
+    if owner then
+      existing = redis.call('HGET', base .. 't:' .. owner, 'data')
+      if existing then
+        return existing
+      end
+    end
+    redis.call('SET', key, id)
+    redis.call('HSET', rec, 'idem', idem)
+  end
+  local now = now_ms()
+  store(base, id, data, status, 1, updated, now, retention_ms)
+  if queue == '1' then
+    enqueue(base, id, delay_ms, now)
+  end
   return nil
 end

@@ -300,3 +300,40 @@ def redis_cluster(request: pytest.FixtureRequest) -> RedisCluster:
 def unique(prefix: str = "t") -> str:
     """A fresh tenant prefix for one test."""
     return f"{prefix}{uuid.uuid4().hex[:10]}:"
+
+
+#: The shared server the non-fault tests use (never stopped or reconfigured by a test).
+SHARED_URL = os.environ.get("SALVADOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def shared_redis_url() -> str:
+    """$SALVADOR_TEST_REDIS_URL (redis://127.0.0.1:6379/0 by default) once it answers;
+    unreachable means skip, or fail with SALVADOR_REQUIRE_BACKENDS=1."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(SHARED_URL, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        reason = f"Redis at $SALVADOR_TEST_REDIS_URL ({SHARED_URL}) is unreachable: {exc}"
+        if os.environ.get("SALVADOR_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"{reason} (SALVADOR_REQUIRE_BACKENDS=1 forbids skipping)")
+        pytest.skip(reason)
+    return SHARED_URL
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under a test's tenant `prefix`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from servers import RedisServer, ServerFactory, command, free_port, unique
+import redis
+import redis.cluster
+from servers import RedisCluster, RedisServer, ServerFactory, command, free_port, unique
 
 from salvador_core import ConfigurationError, Engine, Workflow
 from salvador_core.errors import BackendUnavailableError
@@ -364,3 +366,111 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     ):
         subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True, timeout=60)
     return ca, cert, key
+
+
+# -- a full server (maxmemory, noeviction) ------------------------------------------------
+
+
+def _traces(admin: redis.Redis, prefix: str, submitted: Task) -> list[str]:
+    """Every place a submit writes to that holds something of `submitted` (whose workflow
+    no other task uses): its workflow's keys, the id index, the workflow-name set."""
+    base = f"{prefix}{{{prefix}{submitted.workflow}}}:"
+    found = [k.decode() for k in admin.scan_iter(match=base.replace("{", "\\{").replace("}", "\\}") + "*")]
+    if admin.hexists(prefix + "ids", submitted.id):
+        found.append(f"{prefix}ids[{submitted.id}]")
+    if admin.sismember(prefix + "workflows", submitted.workflow):
+        found.append(f"{prefix}workflows[{submitted.workflow}]")
+    return found
+
+
+async def test_submit_refused_by_a_full_server_writes_nothing(
+    redis_server_factory: ServerFactory,
+) -> None:
+    # Before the fix the id index and the workflow name were written ahead of the submit
+    # script: at the edge of maxmemory they landed and the script was refused.
+    server = redis_server_factory("--maxmemory-policy", "noeviction")
+    admin = redis.Redis(port=server.port)
+    prefix = unique("oom:")
+    refused: list[Task] = []
+    try:
+        async with RedisBackend.from_url(server.url(prefix)) as backend:
+            await backend.submit(task())  # scripts loaded, connection open
+            for n in range(120):
+                attempt = task(f"wf{n}", idempotency_key=f"k{n}", body=b"x" * 12_000)
+                # From just below the memory in use to a little above it: some submits
+                # fit, some are refused at the first command, some in between.
+                used = int(admin.info("memory")["used_memory"])
+                admin.config_set("maxmemory", used - 2_000 + (n % 30) * 1_500)
+                problem: BackendUnavailableError | None = None
+                try:
+                    await backend.submit(attempt)
+                except BackendUnavailableError as exc:
+                    problem = exc
+                finally:
+                    admin.config_set("maxmemory", 0)
+                if problem is not None:
+                    assert "out of memory" in str(problem)
+                    assert "nothing was written" in str(problem)
+                    refused.append(attempt)
+                    assert _traces(admin, prefix, attempt) == [], f"submit {n} left a trace"
+            assert refused, "no submit was refused: the memory limits tried were too loose"
+            again = await backend.submit(refused[0])  # the caller's retry, once there is room
+            assert again.id == refused[0].id
+            assert (await backend.get(again.id)) is not None
+    finally:
+        admin.close()
+    print(f"{len(refused)} of 120 submits refused for memory, none left a trace")
+
+
+async def test_cluster_submit_refused_by_a_full_node_leaves_no_id_entry(
+    redis_cluster: RedisCluster,
+) -> None:
+    # On a cluster the id index lives in another slot than the workflow's keys and is
+    # written first; when the workflow's node refuses the script, the entry is taken back.
+    prefix = unique("oomc:")
+    admin = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    try:
+        ids_port = admin.get_node_from_key(prefix + "ids").port
+        workflow = next(
+            f"wf{i}" for i in range(100)
+            if admin.get_node_from_key(f"{prefix}{{{prefix}wf{i}}}:t:x").port != ids_port
+        )
+        full = [p for p in redis_cluster.ports if p != ids_port]
+        attempt = task(workflow, idempotency_key="k")
+        async with RedisBackend.from_url(redis_cluster.url(prefix)) as backend:
+            for port in full:
+                command(port, "CONFIG", "SET", "maxmemory", "1")
+            try:
+                with pytest.raises(BackendUnavailableError, match="out of memory"):
+                    await backend.submit(attempt)
+            finally:
+                for port in full:
+                    command(port, "CONFIG", "SET", "maxmemory", "0")
+            assert not admin.hexists(prefix + "ids", attempt.id)
+            assert await backend.get(attempt.id) is None
+            assert (await backend.submit(attempt)).id == attempt.id
+            assert admin.hexists(prefix + "ids", attempt.id)
+    finally:
+        admin.close()
+
+
+# -- requeue ------------------------------------------------------------------------------
+
+
+async def test_requeue_sent_again_after_a_lost_reply_keeps_the_lease_granted_since(
+    backend: RedisBackend,
+) -> None:
+    # The multiplexer sends a command again when its connection broke before the reply.
+    # A requeue voids leases from before it; its replay must not void the lease of the
+    # worker that claimed the requeued task in between.
+    submitted = await backend.submit(task())
+    cancelled = await backend.update(submitted.evolve(status=TaskStatus.CANCELLED), 1)
+    stored, data = backend._encode_write(cancelled.evolve(status=TaskStatus.PENDING), 2)
+    script_args = (stored.id, 2, data, "pending", repr(stored.updated_at.timestamp()), 0, 0)
+    assert await backend._run("requeue", "wf", *script_args) == [1]
+    claim = await backend.claim("wf", lease=30, wait=1)
+    assert claim is not None
+    assert await backend._run("requeue", "wf", *script_args) == [1]  # the replay
+    await backend.extend(claim, lease=30)  # still the lease
+    assert await backend.claim("wf", lease=30, wait=0.2) is None, "queued twice"
+    await backend.ack(claim)
