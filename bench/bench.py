@@ -5,8 +5,9 @@
     python bench/bench.py --backends redis --tasks 5000
 
 The producer and the engine (the worker) run in this one process, on one event loop:
-every figure is what a single Python process achieves. bench/README.md says what each
-column measures and how.
+every figure in the main table is what a single Python process achieves. A second table
+puts the worker in a process of its own (`bench.py --worker URL`, started by the bench).
+bench/README.md says what each column measures and how.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +33,8 @@ from typing import Any
 from salvador_core import ConfigurationError, Engine, StepContext, Task, TaskStatus, Workflow
 
 ALL_BACKENDS = ("memory", "sqlite", "redis")
+#: Backends that several processes share, hence measured with the worker in its own process.
+CROSS_PROCESS_BACKENDS = ("sqlite", "redis")
 CONCURRENCIES = (1, 10, 100)
 #: The Redis server the bench uses; a unique key prefix per run keeps it apart from
 #: anything else on the server, and every key it wrote is deleted afterwards.
@@ -192,6 +196,120 @@ async def closed_loop(engine: Engine, name: str, n: int, concurrency: int, done:
     await asyncio.gather(*(client() for _ in range(concurrency)))
     done.track_ids = False
     return latencies
+
+
+# -- producer and worker in separate processes ---------------------------------------------
+
+
+@dataclass
+class CrossProcess:
+    """Submit-to-completed latency with the worker in its own process, and that worker's
+    CPU use while idle."""
+
+    backend: str
+    tasks: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    idle_cpu_pct: float = 0.0
+    idle_seconds: float = 0.0
+    failed: str | None = None
+
+
+#: The argument that makes bench.py run as the worker process of the cross-process rows.
+WORKER_FLAG = "--worker"
+BENCH_SCRIPT = os.path.abspath(__file__)
+
+
+def worker_main(url: str) -> int:
+    """The worker process: runs the 1-step workflow on `url` until SIGTERM. Each line read
+    from stdin is answered with this process's CPU seconds so far (all threads), which is
+    how the bench measures an idle worker's cost without psutil."""
+
+    def answer_cpu_questions() -> None:
+        for _ in sys.stdin:
+            print(f"{time.process_time():.6f}", flush=True)
+
+    async def run() -> None:
+        engine = Engine.from_url(url, workflows=[workflow(1, Completions())])
+        async with engine:
+            print("ready", flush=True)
+            await engine.run()
+
+    threading.Thread(target=answer_cpu_questions, daemon=True).start()
+    asyncio.run(run())
+    return 0
+
+
+async def _cpu_seconds(worker: asyncio.subprocess.Process) -> float:
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    worker.stdin.write(b"cpu\n")
+    await worker.stdin.drain()
+    return float(await asyncio.wait_for(worker.stdout.readline(), 10))
+
+
+async def cross_process(setup: BackendSetup, samples: int, idle_seconds: float) -> CrossProcess:
+    """The worker in a process of its own; this process submits one 1-step task at a time,
+    10 ms after the previous one completed, and polls `get_task` until it has."""
+    result = CrossProcess(setup.name, samples, idle_seconds=idle_seconds)
+    wf = workflow(1, Completions())
+    async with setup.fresh_url() as url:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, BENCH_SCRIPT, WORKER_FLAG, url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert worker.stdout is not None
+            if await asyncio.wait_for(worker.stdout.readline(), 30) != b"ready\n":
+                raise RuntimeError("the worker process did not start")
+            async with Engine.from_url(url, workflows=[wf]) as engine:
+                await asyncio.sleep(1.0)  # the worker's claim loop reaches its wait
+                before, started = await _cpu_seconds(worker), time.monotonic()
+                await asyncio.sleep(idle_seconds)
+                used = await _cpu_seconds(worker) - before
+                result.idle_cpu_pct = 100 * used / (time.monotonic() - started)
+                latencies = [await _one_across(engine, wf.name) for _ in range(samples)]
+            result.p50_ms = percentile(latencies, 0.5) * 1000
+            result.p99_ms = percentile(latencies, 0.99) * 1000
+        finally:
+            if worker.returncode is None:
+                worker.terminate()  # SIGTERM: the engine drains and returns
+                try:
+                    await asyncio.wait_for(worker.wait(), 30)
+                except asyncio.TimeoutError:
+                    worker.kill()
+                    await worker.wait()
+    return result
+
+
+async def _one_across(engine: Engine, name: str) -> float:
+    """Submit-to-completed seconds of one task run by the other process, from its record."""
+    await asyncio.sleep(0.01)
+    task_id = await engine.submit(name, b"{}")
+    deadline = time.monotonic() + PHASE_TIMEOUT
+    while (task := await engine.get_task(task_id)) is None or not task.status.terminal:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} did not complete within {PHASE_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.0005)
+    if task.status is not TaskStatus.COMPLETED:
+        raise RuntimeError(f"task {task_id} ended {task.status.value}: {task.error}")
+    return (task.updated_at - task.created_at).total_seconds()
+
+
+def cross_process_table(rows: list[CrossProcess]) -> str:
+    lines = [
+        "| backend | workflow | tasks | p50 ms | p99 ms | idle worker CPU |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.failed:
+            lines.append(f"| {r.backend} | 1-step no-op | - | {r.failed} | | |")
+        else:
+            lines.append(
+                f"| {r.backend} | 1-step no-op | {r.tasks:,} | {fmt_ms(r.p50_ms)} | {fmt_ms(r.p99_ms)} | "
+                f"{r.idle_cpu_pct:.2f}% of a core over {r.idle_seconds:g} s |"
+            )
+    return "\n".join(lines)
 
 
 # -- Redis instrumentation -----------------------------------------------------------------
@@ -629,6 +747,7 @@ async def bench(plan: Plan) -> int:
     ceiling: dict[str, float] | None = None
     counts: RedisCounts | None = None
     idle: dict[str, float] = {}
+    across: list[CrossProcess] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="salvador-bench-") as tmp:
         setups: dict[str, BackendSetup] = {
@@ -660,6 +779,14 @@ async def bench(plan: Plan) -> int:
             except Exception as exc:
                 failed = True
                 notes.append(f"{name}: idle-worker latency FAILED: {type(exc).__name__}: {exc}")
+            if name in CROSS_PROCESS_BACKENDS:
+                print(f"[{name}] producer and worker in separate processes ...", file=sys.stderr, flush=True)
+                try:
+                    across.append(await cross_process(
+                        setup, 50 if plan.quick else 300, 3.0 if plan.quick else 10.0))
+                except Exception as exc:
+                    failed = True
+                    across.append(CrossProcess(name, failed=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
             if isinstance(setup, RedisSetup):
                 try:
                     counts = await redis_round_trips(setup, min(plan.tasks, 2000))
@@ -680,6 +807,13 @@ async def bench(plan: Plan) -> int:
     if idle:
         print("Idle worker, 3-step submit-to-completed p50: "
               + ", ".join(f"{k} {fmt_ms(v)} ms" for k, v in idle.items()))
+    if across:
+        print()
+        print("Producer and worker in separate processes (one task at a time; the worker idle "
+              "in between):")
+        print()
+        print(cross_process_table(across))
+        print()
     report = redis_report(rows, ceiling, counts, idle.get("redis"))
     if report:
         print(report)
@@ -701,6 +835,8 @@ async def _probe(setup: BackendSetup) -> str | None:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
+        return worker_main(sys.argv[2])
     parser = argparse.ArgumentParser(description="salvador's throughput and latency per backend.")
     parser.add_argument(
         "--backends", default=",".join(ALL_BACKENDS),

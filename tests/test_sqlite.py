@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import pytest_asyncio
 from salvador_core import ConfigurationError, Engine, StepContext, Workflow, connect
 from salvador_core.backends.memory import MemoryBackend
 from salvador_core.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
-from salvador_core.errors import BackendUnavailableError, ConflictError
-from salvador_core.task import Task, TaskStatus, new_task_id
+from salvador_core.errors import BackendUnavailableError, ConflictError, LeaseLostError
+from salvador_core.task import Task, TaskStatus, new_task_id, utcnow
 
 pytestmark = pytest.mark.asyncio
 
@@ -537,3 +538,310 @@ async def test_lock_held_past_busy_timeout_is_a_clear_unavailable_error(tmp_path
         assert updated.version == 2
         with pytest.raises(ConflictError):
             await b.update(kept.evolve(step=2), 1)
+
+
+# -- requeue voids the lease --------------------------------------------------------------
+
+
+async def test_stale_ack_after_requeue_loses_its_lease_and_the_task_stays_queued(
+    backend: SQLiteBackend,
+) -> None:
+    """The lost-task race: a delayed task is cancelled, a worker claims it when due, reads it
+    as cancelled and is slow; `requeue` makes it pending again; the worker's ack from its
+    stale claim must not remove the only queue entry of the now pending task."""
+    submitted = await backend.submit(task(not_before=utcnow() + timedelta(seconds=0.2)))
+    cancelled = await backend.update(submitted.evolve(status=TaskStatus.CANCELLED), 1)
+    stale = await backend.claim("wf", lease=30, wait=5)
+    assert stale is not None
+    assert stale.task is not None
+    assert stale.task.status is TaskStatus.CANCELLED
+    requeued = await backend.requeue(cancelled.evolve(status=TaskStatus.PENDING), cancelled.version)
+    with pytest.raises(LeaseLostError):
+        await backend.ack(stale)
+    with pytest.raises(LeaseLostError):
+        await backend.extend(stale, lease=30)
+    with pytest.raises(LeaseLostError):
+        await backend.release(stale)
+    with pytest.raises(ConflictError):  # the stale reader's final write is fenced out too
+        await backend.settle(stale.task.evolve(step=1), stale.task.version, stale)
+    fresh = await backend.claim("wf", lease=30, wait=0)
+    assert fresh is not None, "the requeued task lost its queue entry"
+    assert fresh.task == requeued
+    await backend.settle(requeued.evolve(status=TaskStatus.COMPLETED), requeued.version, fresh)
+    assert await backend.claim("wf", lease=30, wait=0) is None
+
+
+async def test_settle_from_a_claim_older_than_requeue_keeps_the_new_queue_entry(
+    backend: SQLiteBackend,
+) -> None:
+    """A settle whose version fence passes (nobody wrote since the requeue) writes its
+    record but must leave the queue entry that the requeue made."""
+    submitted = await backend.submit(task())
+    stale = await backend.claim("wf", lease=30, wait=0)
+    assert stale is not None
+    requeued = await backend.requeue(submitted.evolve(status=TaskStatus.PENDING), 1)
+    await backend.settle(requeued.evolve(status=TaskStatus.COMPLETED), requeued.version, stale)
+    again = await backend.claim("wf", lease=30, wait=0)
+    assert again is not None, "a stale settle removed the requeued task's queue entry"
+    assert again.task_id == submitted.id
+    assert again.deliveries == 1
+
+
+async def test_task_cancelled_while_delayed_then_requeued_is_claimable_at_once(
+    backend: SQLiteBackend,
+) -> None:
+    submitted = await backend.submit(task(not_before=utcnow() + timedelta(hours=1)))
+    cancelled = await backend.update(submitted.evolve(status=TaskStatus.CANCELLED), 1)
+    await backend.requeue(cancelled.evolve(status=TaskStatus.PENDING, not_before=None), cancelled.version)
+    claim = await backend.claim("wf", lease=30, wait=0)
+    assert claim is not None, "the requeued task still waits out its old delay"
+    assert claim.task_id == submitted.id
+
+
+async def test_requeue_with_not_before_holds_the_task_until_then(backend: SQLiteBackend) -> None:
+    submitted = await backend.submit(task())
+    leased = await backend.claim("wf", lease=30, wait=0)
+    assert leased is not None
+    later = utcnow() + timedelta(seconds=0.4)
+    await backend.requeue(submitted.evolve(not_before=later), 1)
+    assert await backend.claim("wf", lease=30, wait=0.1) is None
+    claim = await backend.claim("wf", lease=30, wait=3)
+    assert claim is not None
+    assert utcnow() >= later
+
+
+# -- clocks -------------------------------------------------------------------------------
+
+
+async def set_lease_deadline(backend: SQLiteBackend, task_id: str, deadline: float) -> None:
+    """Write a lease deadline as a wall-clock step would leave it (no clock is changed)."""
+    sql = "UPDATE tasks SET q_due = ? WHERE id = ? AND q_receipt IS NOT NULL"
+    assert await backend._run(backend._execute_sync, sql, (deadline, task_id)) == 1
+
+
+async def test_lease_deadline_beyond_the_lease_granted_counts_as_expired(backend: SQLiteBackend) -> None:
+    """A clock set back 30 s under a dead worker's 2 s lease leaves a deadline 32 s ahead;
+    the task must not wait for it."""
+    submitted = await backend.submit(task())
+    dead = await backend.claim("wf", lease=2, wait=0)
+    assert dead is not None
+    await set_lease_deadline(backend, submitted.id, time.time() + 32)
+    again = await backend.claim("wf", lease=2, wait=0)
+    assert again is not None, "a lease stretched by a clock step back was still honoured"
+    assert (again.task_id, again.deliveries) == (submitted.id, 2)
+    with pytest.raises(LeaseLostError):
+        await backend.ack(dead)
+
+
+async def test_lease_within_its_length_and_delayed_tasks_are_not_taken_for_a_clock_step(
+    backend: SQLiteBackend,
+) -> None:
+    leased = await backend.submit(task())
+    await backend.submit(task(not_before=utcnow() + timedelta(hours=1)))
+    claim = await backend.claim("wf", lease=30, wait=0)
+    assert claim is not None
+    assert claim.task_id == leased.id
+    await set_lease_deadline(backend, leased.id, time.time() + 29.5)
+    assert await backend.claim("wf", lease=30, wait=0) is None
+    renewed = await backend.extend(claim, lease=300)  # a longer lease than the claim's
+    assert await backend.claim("wf", lease=30, wait=0) is None, "an extended lease was taken"
+    await backend.ack(claim)  # the receipt from before the extend still names the lease
+    with pytest.raises(LeaseLostError):
+        await backend.extend(renewed, lease=30)
+
+
+async def test_claim_finds_due_tasks_and_stretched_leases_through_indexes(backend: SQLiteBackend) -> None:
+    from salvador_core.backends.sqlite import _CLAIM
+
+    params = {"receipt": "r", "deadline": 0.0, "workflow": "wf", "now": 0.0}
+    plan = await backend._run(
+        lambda: [row[3] for row in backend._db().execute("EXPLAIN QUERY PLAN " + _CLAIM, params)]
+    )
+    searches = [step for step in plan if step.startswith("SEARCH tasks")]
+    assert any("INDEX tasks_queue (q_workflow=? AND q_due<?)" in step for step in searches), plan
+    assert any("INDEX tasks_leases (q_workflow=?)" in step for step in searches), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+# -- wake-ups across processes ------------------------------------------------------------
+
+
+async def claim_wakes_within(claimer: SQLiteBackend, submitter: SQLiteBackend, seconds: float) -> None:
+    """`claimer` waits; `submitter` (another backend object: its own wake-up socket, as in
+    another process) submits; the claim must return within `seconds`."""
+    waiting = asyncio.create_task(claimer.claim("wf", lease=30, wait=30))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    submitted = await submitter.submit(task())
+    started = time.monotonic()
+    claim = await asyncio.wait_for(waiting, 30)
+    assert claim is not None
+    assert claim.task_id == submitted.id
+    assert time.monotonic() - started < seconds
+
+
+async def test_wake_up_socket_wakes_a_claimer_without_polling(backend: SQLiteBackend) -> None:
+    backend.safety_net_interval = backend.watch_interval = 60.0  # only a datagram wakes it in time
+    async with SQLiteBackend(backend.path) as other:
+        await claim_wakes_within(backend, other, 2.0)
+    sockets = os.listdir(backend.path + "-wake")
+    assert len(sockets) == 1, sockets  # the claimer's; the submitter never listened
+
+
+async def test_wake_up_sockets_follow_the_database_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    async with SQLiteBackend(path) as b:
+        path.chmod(0o660)
+        assert await b.claim("wf", lease=5, wait=0) is None
+        directory = f"{path}-wake"
+        assert os.stat(directory).st_mode & 0o777 == 0o770
+        (name,) = os.listdir(directory)
+        assert os.stat(os.path.join(directory, name)).st_mode & 0o777 == 0o620
+    assert os.listdir(directory) == [], "close() left its socket behind"
+
+
+async def test_wake_up_works_when_the_path_is_too_long_for_a_socket_address(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep / "t.db-wake" / "123456.abcdef")) > 108
+    async with SQLiteBackend(deep / "t.db") as claimer, SQLiteBackend(deep / "t.db") as submitter:
+        claimer.safety_net_interval = claimer.watch_interval = 60.0  # no polling either way
+        await claim_wakes_within(claimer, submitter, 2.0)
+
+
+async def test_without_a_wake_up_directory_claimers_poll_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.db"
+    os.close(os.open(f"{path}-wake", os.O_CREAT | os.O_WRONLY))  # a file where the directory goes
+    async with SQLiteBackend(path) as claimer, SQLiteBackend(path) as submitter:
+        claimer.safety_net_interval = 60.0
+        await claim_wakes_within(claimer, submitter, 2.0)  # by polling data_version
+    assert f"no wake-up socket in {path}-wake" in caplog.text
+    assert "polling every 0.05s" in caplog.text
+
+
+_WAITER = """
+import asyncio, sys
+from salvador_core.backends.sqlite import SQLiteBackend
+
+async def main():
+    async with SQLiteBackend(sys.argv[1]) as b:
+        print("waiting", flush=True)
+        await b.claim("other", lease=5, wait=600)
+
+asyncio.run(main())
+"""
+
+
+async def test_socket_left_by_a_killed_process_is_unlinked_by_the_next_sender(
+    backend: SQLiteBackend, processes: list[subprocess.Popen[str]]
+) -> None:
+    victim = spawn(processes, _WAITER, backend.path)
+    assert await asyncio.to_thread(victim.stdout.readline) == "waiting\n"  # type: ignore[union-attr]
+    directory = Path(f"{backend.path}-wake")
+
+    def victims_sockets() -> list[Path]:
+        return list(directory.glob(f"{victim.pid}.*")) if directory.exists() else []
+
+    deadline = time.monotonic() + 10
+    while not victims_sockets():
+        assert time.monotonic() < deadline, "the waiting process bound no socket"
+        await asyncio.sleep(0.01)
+    victim.kill()
+    victim.wait(timeout=10)
+    assert victims_sockets(), "SIGKILL should leave the socket file behind"
+    backend.safety_net_interval = 60.0
+    async with SQLiteBackend(backend.path) as other:
+        await claim_wakes_within(backend, other, 2.0)
+    assert not victims_sockets(), "the dead process's socket was not unlinked"
+
+
+# -- the file deleted, replaced, read-only, immutable -------------------------------------
+
+
+async def test_deleted_database_is_reported_and_refused(
+    backend: SQLiteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = await backend.submit(task())
+    backend.identity_check_interval = 0.0
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(backend.path + suffix)
+    for call in (backend.get(kept.id), backend.submit(task()), backend.claim("wf", lease=5, wait=0)):
+        with pytest.raises(BackendUnavailableError, match=rf"{backend.path} was deleted .*restart"):
+            await call
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "was deleted" in r.getMessage()]
+    assert len(errors) == 1, "the loss should be logged once, loudly"
+
+
+async def test_replaced_database_is_reported_and_refused(backend: SQLiteBackend) -> None:
+    await backend.submit(task())
+    backend.identity_check_interval = 0.0
+    replacement = Path(backend.path + ".new")
+    async with SQLiteBackend(replacement):
+        pass
+    os.replace(replacement, backend.path)
+    with pytest.raises(BackendUnavailableError, match=rf"{backend.path} was replaced by another file"):
+        await backend.claim("wf", lease=5, wait=0)
+
+
+async def test_worker_keeps_logging_a_deleted_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wf = Workflow("wf")
+    wf.step("only", lambda ctx: None)
+    path = tmp_path / "t.db"
+    async with Engine.from_url(f"sqlite:///{path}", workflows=[wf], poll_interval=0.1) as engine:
+        assert isinstance(engine.store, SQLiteBackend)
+        engine.store.identity_check_interval = 0.05
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        await asyncio.sleep(0.3)
+        path.unlink()
+        try:
+            deadline = time.monotonic() + 10
+            while "claiming 'wf' failed" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.05)
+        finally:
+            engine.stop()
+            await worker
+    assert f"{path} was deleted" in caplog.text
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A private tmpfs under tmp_path (needs root and mount(2); skipped elsewhere)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("needs root and the right to mount a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+async def test_read_only_filesystem_is_named_as_such_even_for_root(small_mount: Path) -> None:
+    path = small_mount / "t.db"
+    async with SQLiteBackend(path) as b:
+        await b.submit(task())
+    await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    read_only = rf"read-only filesystem \(EROFS; mounted at {small_mount}\).*remount,rw"
+    with pytest.raises(ConfigurationError, match=read_only):
+        await SQLiteBackend(path).open()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="chattr +i needs Linux and root")
+async def test_immutable_wal_file_is_named_as_such(backend: SQLiteBackend) -> None:
+    await backend.submit(task())
+    wal = backend.path + "-wal"
+    flagged = await asyncio.to_thread(subprocess.run, ["chattr", "+i", wal], capture_output=True)
+    if flagged.returncode:
+        pytest.skip("this filesystem has no immutable flag")
+    try:
+        with pytest.raises(BackendUnavailableError, match=rf"{wal} became immutable \(chattr \+i\)"):
+            await backend.submit(task())
+    finally:
+        await asyncio.to_thread(subprocess.run, ["chattr", "-i", wal], check=True)

@@ -16,7 +16,15 @@ two-part transition is a single statement, so a single atomic transaction:
 A queued row is claimable when `q_due <= now`. `q_due` is the due time of a ready or delayed
 task and the deadline of a leased one, so an expired lease simply becomes due again and is
 re-delivered with `q_deliveries + 1`, and a delayed task holds no lease (`q_receipt` is
-NULL). Times are epoch seconds from this machine's clock, which every process on it shares.
+NULL). A receipt is `<token>:<lease granted>`; the token names the lease. `requeue` voids
+any lease or delay: the row is due at once (or at `not_before`) and older claims are stale.
+
+Clocks. Times are epoch seconds from this machine's wall clock (`time.time()`), which every
+process on it shares. A lease whose deadline lies more than a second further ahead than the
+lease granted means the clock was set back since it was written: the claim treats it as
+expired (see _CLAIM), so a step back cannot stretch a dead worker's lease. A step forward
+expires leases early (the version fence keeps the old owner's writes out); delays
+(`not_before`, retry back-off) move with the clock either way.
 
 Used as the queue beside another store (split URLs), `enqueue` of an id with no record here
 adds a row without one: invisible to `get` and `list`, deleted when acked.
@@ -38,13 +46,25 @@ Reads never join a group, so they never wait for another process's write lock.
 
 Waiting in `claim`. A claimer that finds nothing due sleeps until the earliest due time or
 lease deadline of its workflow, and is woken at once by enqueues, releases and requeues made
-through the same backend object. SQLite cannot notify other processes, so while any claimer
-waits, one watcher per backend object reads `PRAGMA data_version` every `watch_interval`
-seconds (a counter that changes when another connection commits; no table is read) and
-wakes each claimer that looked before the latest such commit. An idle worker therefore picks
-up a task submitted by another process within about `watch_interval` (50 ms); a busy one at
-its next claim. While other processes commit all the time (on other workflows, say), an
-idle claimer looks again once per `watch_interval`: a bounded poll, never a spin.
+through the same backend object. SQLite cannot notify other processes, so the backend does:
+a backend object whose claimers wait binds a Unix datagram socket in `<database>-wake/`,
+and one that committed a submit, enqueue, release or requeue sends each socket there a
+datagram naming the workflow (see _WakeSockets), which wakes that workflow's claimers in
+about a millisecond and costs nothing while nobody rings. As a safety net, one watcher per
+backend object reads `PRAGMA data_version` (a counter that changes when another connection
+commits; no table is read) every `safety_net_interval` seconds (1 s) and wakes each claimer
+that looked before the latest such commit: it covers writers running an older salvador. When
+no socket can be bound (no AF_UNIX, or the directory cannot be created), the watcher looks
+every `watch_interval` (50 ms) instead. Either way a claimer is woken at most once per
+interval by other processes' unrelated commits: a bounded poll, never a spin.
+
+Faults. The path is checked every `identity_check_interval` seconds, and after any SQLite
+error, to still name the file this process opened (st_dev, st_ino): a database deleted or
+replaced under a running process is logged as an ERROR and every further call raises
+`BackendUnavailableError` saying so, rather than working on in an unlinked file nobody else
+sees. A read-only filesystem and an immutable (chattr +i) file are named as such. The
+database is read without mmap (`mmap_size = 0`); WAL's `-shm` index is always mapped, so a
+process that touches a `-shm` file made immutable under it is killed with SIGBUS.
 
 Durability. `synchronous=normal` (the default) survives the crash of any process at any
 instant; after a power loss or OS crash the last transactions before it may be rolled back
@@ -56,10 +76,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
+import logging
 import os
 import queue
 import secrets
+import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -91,6 +115,8 @@ from salvador_core.task import (
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("salvador.sqlite")
 
 #: The layout this code reads and writes, kept in `PRAGMA user_version`. A file with a
 #: newer one is refused: it was written by a newer salvador.
@@ -133,6 +159,11 @@ _SCHEMA = (
     "CREATE INDEX tasks_status ON tasks (status, id)",
     "CREATE INDEX tasks_queue ON tasks (q_workflow, q_due) WHERE q_workflow IS NOT NULL",
 )
+#: Added to files of schema version 1 when opened (no new column, so the version stays):
+#: the leases in flight, for the claim's clock check. Older salvador ignores it.
+_LEASES_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (q_workflow) WHERE q_receipt IS NOT NULL"
+)
 
 _INSERT = (
     "INSERT INTO tasks (id, workflow, record, status, version, idempotency_key, updated_at, "
@@ -148,43 +179,63 @@ _UPDATE = (
     "updated_at = :updated_at WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
 # The ack half applies only while the claim's receipt is the current lease. SET expressions
-# all read the row as it was, so their order does not matter.
+# all read the row as it was, so their order does not matter. A receipt is `<token>:<lease>`
+# (see _receipt); the token alone names the lease, so a claim from before an `extend` that
+# rewrote the lease part still matches.
 _SETTLE = (
     "UPDATE tasks SET record = :record, status = :status, version = :version, "
-    "updated_at = :updated_at, q_workflow = iif(q_receipt = :receipt, NULL, q_workflow), "
-    "q_due = iif(q_receipt = :receipt, NULL, q_due), "
-    "q_deliveries = iif(q_receipt = :receipt, 0, q_deliveries), "
-    "q_receipt = iif(q_receipt = :receipt, NULL, q_receipt) "
+    "updated_at = :updated_at, q_workflow = iif(substr(q_receipt, 1, 16) = :token, NULL, q_workflow), "
+    "q_due = iif(substr(q_receipt, 1, 16) = :token, NULL, q_due), "
+    "q_deliveries = iif(substr(q_receipt, 1, 16) = :token, 0, q_deliveries), "
+    "q_receipt = iif(substr(q_receipt, 1, 16) = :token, NULL, q_receipt) "
     "WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
+# Requeue voids whatever lease or delay the row holds: the task is due at `:due`, and a
+# claim older than the requeue no longer matches `q_receipt` (its ack, extend, release and
+# the queue half of its settle change nothing).
 _REQUEUE = (
     "UPDATE tasks SET record = :record, status = :status, version = :version, "
-    "updated_at = :updated_at, q_due = iif(q_workflow IS NULL, :due, q_due), "
-    "q_deliveries = iif(q_workflow IS NULL, 0, q_deliveries), "
-    "q_workflow = coalesce(q_workflow, :workflow) "
-    "WHERE id = :id AND version = :expected AND record IS NOT NULL"
+    "updated_at = :updated_at, q_workflow = :workflow, q_due = :due, q_receipt = NULL, "
+    "q_deliveries = 0 WHERE id = :id AND version = :expected AND record IS NOT NULL"
 )
 _ENQUEUE = (
     "INSERT INTO tasks (id, workflow, q_workflow, q_due) VALUES (:id, :workflow, :workflow, :due) "
     "ON CONFLICT (id) DO UPDATE SET q_workflow = excluded.q_workflow, q_due = excluded.q_due, "
     "q_receipt = NULL, q_deliveries = 0 WHERE q_workflow IS NULL"
 )
+# The oldest due row (index tasks_queue); only when none is due, a lease whose deadline lies
+# more than a second further ahead than the lease granted (index tasks_leases): the wall
+# clock was set back since, so the deadline no longer means what it meant and the lease
+# counts as expired. coalesce() evaluates its second argument only when the first is NULL.
+# That check reads the clock as the statement runs (SQLite's 'now', whole milliseconds,
+# hence the second of slack), not `:now`, which was read before waiting for the write lock
+# and may be older than a deadline another process wrote meanwhile. Receipts written by
+# earlier salvador (16 hex digits, no lease part) are never judged this way.
 _CLAIM = (
-    "UPDATE tasks SET q_receipt = ?, q_due = ?, q_deliveries = q_deliveries + 1 "
-    "WHERE rowid = (SELECT rowid FROM tasks WHERE q_workflow = ? AND q_due <= ? "
-    "ORDER BY q_due LIMIT 1) "
+    "UPDATE tasks SET q_receipt = :receipt, q_due = :deadline, q_deliveries = q_deliveries + 1 "
+    "WHERE rowid = coalesce("
+    "(SELECT rowid FROM tasks WHERE q_workflow = :workflow AND q_due <= :now ORDER BY q_due LIMIT 1), "
+    "(SELECT rowid FROM tasks WHERE q_workflow = :workflow AND q_receipt IS NOT NULL "
+    "AND q_receipt GLOB '*:*' AND q_due > (julianday('now') - 2440587.5) * 86400.0 "
+    "+ CAST(substr(q_receipt, 18) AS REAL) + 1.0 LIMIT 1)) "
     "RETURNING id, q_deliveries, record"
 )
 _NEXT_DUE = "SELECT min(q_due) FROM tasks WHERE q_workflow = ?"
-_EXTEND = "UPDATE tasks SET q_due = ? WHERE id = ? AND q_receipt = ? AND q_due > ?"
+_EXTEND = (
+    "UPDATE tasks SET q_due = :deadline, q_receipt = :receipt "
+    "WHERE id = :id AND substr(q_receipt, 1, 16) = :token AND q_due > :now"
+)
 # In RETURNING, SQLite 3.40 evaluates `column IS NULL` wrongly on this table (always
 # false); `typeof(column)` reads the value itself.
 _ACK = (
     "UPDATE tasks SET q_workflow = NULL, q_due = NULL, q_receipt = NULL, q_deliveries = 0 "
-    "WHERE id = ? AND q_receipt = ? AND q_due > ? RETURNING typeof(record) = 'null'"
+    "WHERE id = ? AND substr(q_receipt, 1, 16) = ? AND q_due > ? RETURNING typeof(record) = 'null'"
 )
 _DROP_STUB = "DELETE FROM tasks WHERE id = ? AND record IS NULL AND q_workflow IS NULL"
-_RELEASE = "UPDATE tasks SET q_receipt = NULL, q_due = ? WHERE id = ? AND q_receipt = ? AND q_due > ?"
+_RELEASE = (
+    "UPDATE tasks SET q_receipt = NULL, q_due = ? "
+    "WHERE id = ? AND substr(q_receipt, 1, 16) = ? AND q_due > ?"
+)
 _QUARANTINE = (
     "INSERT INTO tasks (id, workflow, record, status, version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, record = excluded.record, "
@@ -204,8 +255,16 @@ class SQLiteBackend:
     #: See MAX_PAYLOAD_BYTES.
     max_payload_bytes: int | None = MAX_PAYLOAD_BYTES
 
-    #: Seconds between two cross-process change checks while claimers wait (see module doc).
+    #: Seconds between two cross-process change checks while claimers wait and no wake-up
+    #: socket could be bound (see "Waiting in claim" in the module docstring).
     watch_interval: float = 0.05
+
+    #: The same check's interval while a wake-up socket is bound: a safety net for wake-ups
+    #: that never came (a writer running an older salvador, a datagram that was dropped).
+    safety_net_interval: float = 1.0
+
+    #: Seconds between two checks that the path still names the file this process has open.
+    identity_check_interval: float = 1.0
 
     def __init__(
         self,
@@ -231,6 +290,13 @@ class SQLiteBackend:
         # Waiting claimers: (workflow, their wake-up event, PRAGMA data_version after they looked).
         self._waiters: builtins.list[tuple[str, asyncio.Event, int]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._wake_sockets = _WakeSockets(self.path)
+        self._cannot_listen = False  # binding a wake-up socket failed: poll instead
+        self._ringing: set[str] = set()  # workflows to announce to other processes
+        # The file this process opened ((st_dev, st_ino)) and what became of it.
+        self._identity: tuple[int, int] | None = None
+        self._identity_checked = 0.0
+        self._lost: str | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteBackend:
@@ -310,6 +376,9 @@ class SQLiteBackend:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        self._wake_sockets.close()
+        self._cannot_listen = False
+        self._ringing.clear()
         self._wake_all()
         try:
             await thread.call(self._disconnect, (), alone=True)
@@ -391,11 +460,12 @@ class SQLiteBackend:
     async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
         params = {"id": task_id, "workflow": workflow, "due": _due(not_before)}
         await self._run(self._execute_sync, _ENQUEUE, params)
-        self._wake(workflow)
+        self._announce(workflow)
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max(0.0, wait)
+        self._listen(loop)
         while True:
             # Taken before looking, so a wake-up during the look is not lost.
             event = self._wakeups.setdefault(workflow, asyncio.Event())
@@ -421,41 +491,43 @@ class SQLiteBackend:
 
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
         now = time.time()
-        changed = await self._run(
-            self._execute_sync, _EXTEND, (now + lease, claim.task_id, claim.receipt, now)
-        )
-        if not changed:
+        receipt = _receipt(_token(claim.receipt), lease)
+        params = {
+            "deadline": now + lease, "receipt": receipt, "id": claim.task_id,
+            "token": _token(claim.receipt), "now": now,
+        }
+        if not await self._run(self._execute_sync, _EXTEND, params):
             raise LeaseLostError(claim.task_id, "it expired or was re-delivered")
-        return Claim(claim.task_id, claim.workflow, claim.receipt, claim.deliveries, now + lease)
+        return Claim(claim.task_id, claim.workflow, receipt, claim.deliveries, now + lease)
 
     async def ack(self, claim: Claim) -> None:
-        await self._run(self._ack_sync, claim.task_id, claim.receipt)
+        await self._run(self._ack_sync, claim.task_id, _token(claim.receipt))
 
     async def release(self, claim: Claim, *, delay: float = 0.0) -> None:
         now = time.time()
-        params = (now + max(0.0, delay), claim.task_id, claim.receipt, now)
+        params = (now + max(0.0, delay), claim.task_id, _token(claim.receipt), now)
         if not await self._run(self._execute_sync, _RELEASE, params):
             raise LeaseLostError(claim.task_id, "it expired or was re-delivered")
-        self._wake(claim.workflow)
+        self._announce(claim.workflow)
 
     # -- backend ------------------------------------------------------------------------
 
     async def submit(self, task: Task) -> Task:
         stored, inserted = await self._insert(task, queued=True)
         if inserted:
-            self._wake(task.workflow)
+            self._announce(task.workflow)
         return stored
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
         params = _fenced_write(stored, expected_version, due=_due(task.not_before), workflow=task.workflow)
         await self._run(self._fenced_sync, _REQUEUE, params, task.id, expected_version)
-        self._wake(task.workflow)
+        self._announce(task.workflow)
         return stored
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        params = _fenced_write(stored, expected_version, receipt=claim.receipt)
+        params = _fenced_write(stored, expected_version, token=_token(claim.receipt))
         await self._run(self._fenced_sync, _SETTLE, params, task.id, expected_version)
         return stored
 
@@ -471,7 +543,7 @@ class SQLiteBackend:
         """Make the current lease on `task_id` expire now."""
         sql = "UPDATE tasks SET q_due = 0 WHERE id = ? AND q_receipt IS NOT NULL RETURNING q_workflow"
         for (workflow,) in await self._run(self._rows_sync, sql, (task_id,)):
-            self._wake(workflow)
+            self._announce(workflow)
 
     # -- running on the database thread ---------------------------------------------------
 
@@ -489,11 +561,44 @@ class SQLiteBackend:
             raise BackendUnavailableError(
                 f"the SQLite backend for {self.path} is closed; open it first (async with backend)"
             )
+        if time.monotonic() - self._identity_checked >= self.identity_check_interval:
+            self._check_identity()
+        if self._lost is not None:
+            raise BackendUnavailableError(self._lost)
         try:
             result: _T = await thread.call(fn, args, alone=alone)
         except sqlite3.Error as exc:
+            self._check_identity()
+            if self._lost is not None:
+                raise BackendUnavailableError(self._lost) from exc
             raise self._failure(exc) from exc
         return result
+
+    def _check_identity(self) -> None:
+        """Notice the database file being deleted or replaced under this process: SQLite
+        would go on using the unlinked file it has open, unseen by every other process. Then
+        log it once, loudly, and fail every further call (see `_lost`)."""
+        self._identity_checked = time.monotonic()
+        if self._identity is None or self._lost is not None:
+            return
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            what = "was deleted (or renamed)"
+        except OSError as exc:
+            what = f"cannot be checked ({exc.strerror})"
+        else:
+            if (found.st_dev, found.st_ino) == self._identity:
+                return
+            what = "was replaced by another file"
+        self._lost = (
+            f"SQLite database {self.path} {what} while this process had it open: its writes "
+            "would go to the old file, which no other process sees, and tasks submitted to the "
+            "file now at that path would never reach it. Stopped using it; restart this process "
+            "(or close and open the backend) once the right file is in place."
+        )
+        log.error("%s", self._lost)
+        self._wake_all()  # waiting claimers look again, and hear of it
 
     def _failure(self, exc: sqlite3.Error) -> BackendUnavailableError:
         text = str(exc)
@@ -502,6 +607,26 @@ class SQLiteBackend:
                 f"SQLite database {self.path} stayed locked by another connection for longer than "
                 f"busy_timeout ({self.busy_timeout:g}s): {text}. Another process holds a long write "
                 "transaction; find it, or raise busy_timeout (e.g. ?busy_timeout=30)."
+            )
+        read_only = _read_only_mount(os.path.dirname(self.path))
+        if read_only is not None:
+            return BackendUnavailableError(
+                f"SQLite database {self.path} cannot be written: {text}. Its filesystem "
+                f"(mounted at {read_only}) is read-only (EROFS); remount it read-write "
+                f"(mount -o remount,rw {read_only}) or move the database to a writable one."
+            )
+        frozen = _immutable_files(self.path)
+        if frozen:
+            return BackendUnavailableError(
+                f"SQLite database {self.path} cannot be written: {text}. {', '.join(frozen)} "
+                f"became immutable (chattr +i); clear the flag (chattr -i {' '.join(frozen)}). "
+                "A process that touches an immutable -shm file is killed with SIGBUS."
+            )
+        if "readonly" in text:
+            return BackendUnavailableError(
+                f"SQLite database {self.path} cannot be written: {text}. The file, its -wal or "
+                "-shm file or its directory became read-only for this process (permissions, "
+                "ownership, or chattr +i); make them writable again."
             )
         return BackendUnavailableError(
             f"SQLite database {self.path} failed: {type(exc).__name__}: {text}. Check the disk "
@@ -527,6 +652,20 @@ class SQLiteBackend:
             raise ConfigurationError(
                 f"{where}: it is a directory; name a file inside it, e.g. "
                 f"sqlite:///{os.path.join(self.path, 'salvador.db')}"
+            )
+        read_only = _read_only_mount(directory)
+        if read_only is not None:
+            raise ConfigurationError(
+                f"{where}: it is on a read-only filesystem (EROFS; mounted at {read_only}), and "
+                "SQLite must write the database and its -wal and -shm files beside it. Remount it "
+                f"read-write (mount -o remount,rw {read_only}) or move the database to a writable "
+                "filesystem"
+            )
+        frozen = _immutable_files(self.path)
+        if frozen:
+            raise ConfigurationError(
+                f"{where}: {', '.join(frozen)} immutable (chattr +i), which not even root may "
+                f"write; clear the flag (chattr -i {' '.join(frozen)}) or use another file"
             )
         if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
             raise ConfigurationError(
@@ -556,7 +695,11 @@ class SQLiteBackend:
                     "keep the file on a local filesystem (not NFS/SMB), where WAL works"
                 )
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Reads through read(), not a mapping of the file: a mapped page that the file
+            # can no longer back kills the process with SIGBUS (the -shm file stays mapped).
+            conn.execute("PRAGMA mmap_size = 0")
             self._prepare_schema(conn)
+            found = os.stat(self.path)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -568,6 +711,8 @@ class SQLiteBackend:
                 ) from None
             raise
         self._conn = conn
+        self._identity, self._lost = (found.st_dev, found.st_ino), None
+        self._identity_checked = time.monotonic()
 
     def _prepare_schema(self, conn: sqlite3.Connection) -> None:
         # IMMEDIATE: processes opening a new file at once create the schema one at a time.
@@ -588,6 +733,7 @@ class SQLiteBackend:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(_LEASES_INDEX)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -697,8 +843,9 @@ class SQLiteBackend:
     def _claim_sync(self, workflow: str, lease: float) -> tuple[Claim | None, float | None, int]:
         conn = self._db()
         now = time.time()
-        receipt = secrets.token_hex(8)
-        rows = conn.execute(_CLAIM, (receipt, now + lease, workflow, now)).fetchall()
+        receipt = _receipt(secrets.token_hex(8), lease)
+        params = {"receipt": receipt, "deadline": now + lease, "workflow": workflow, "now": now}
+        rows = conn.execute(_CLAIM, params).fetchall()
         if rows:
             task_id, deliveries, raw = rows[0]
             task = _readable(raw, task_id)
@@ -706,9 +853,9 @@ class SQLiteBackend:
         next_due = conn.execute(_NEXT_DUE, (workflow,)).fetchone()[0]
         return None, next_due, conn.execute("PRAGMA data_version").fetchone()[0]
 
-    def _ack_sync(self, task_id: str, receipt: str) -> None:
+    def _ack_sync(self, task_id: str, token: str) -> None:
         conn = self._db()
-        rows = conn.execute(_ACK, (task_id, receipt, time.time())).fetchall()
+        rows = conn.execute(_ACK, (task_id, token, time.time())).fetchall()
         if not rows:
             raise LeaseLostError(task_id, "it expired or was re-delivered")
         if rows[0][0]:
@@ -729,13 +876,51 @@ class SQLiteBackend:
         for event in wakeups.values():
             event.set()
 
+    def _announce(self, workflow: str) -> None:
+        """`workflow` has a task to claim: wake this object's claimers now and, once this
+        turn of the event loop is over (so a burst of commits rings once), other processes'."""
+        self._wake(workflow)
+        if not self._ringing:
+            asyncio.get_running_loop().call_soon(self._ring)
+        self._ringing.add(workflow)
+
+    def _ring(self) -> None:
+        workflows, self._ringing = self._ringing, set()
+        if workflows and self._thread is not None:
+            self._wake_sockets.ring(workflows)
+
+    def _rung(self, workflows: set[str] | None) -> None:
+        """Another process made tasks of `workflows` (None: of any workflow) claimable."""
+        if workflows is None:
+            self._wake_all()
+        else:
+            for workflow in workflows:
+                self._wake(workflow)
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind this object's wake-up socket (once; again if used from another loop)."""
+        if self._cannot_listen or self._wake_sockets.loop is loop:
+            return
+        self._wake_sockets.close()
+        try:
+            self._wake_sockets.listen(loop, self._rung)
+        except OSError as exc:
+            self._cannot_listen = True
+            log.warning(
+                "SQLite database %s: no wake-up socket in %s (%s); claimers learn of other "
+                "processes' tasks by polling every %gs instead", self.path,
+                self._wake_sockets.directory, exc.strerror or exc, self.watch_interval,
+            )
+
     async def _watch(self) -> None:
-        """While claimers wait, look every `watch_interval` for commits of other processes
-        since each claimer last looked, and wake those claimers. A claimer is woken at most
-        once an interval this way, however busy other processes are."""
+        """While claimers wait, look for commits of other processes since each claimer last
+        looked, and wake those claimers: every `watch_interval` when no wake-up socket is
+        bound, else every `safety_net_interval`. A claimer is woken at most once an interval
+        this way, however busy other processes are."""
         try:
             while self._waiters:
-                await asyncio.sleep(self.watch_interval)
+                listening = self._wake_sockets.loop is not None
+                await asyncio.sleep(self.safety_net_interval if listening else self.watch_interval)
                 current = await self._read(self._data_version_sync)
                 for workflow, event, seen in builtins.list(self._waiters):
                     if seen != current:
@@ -743,10 +928,179 @@ class SQLiteBackend:
                             del self._wakeups[workflow]
                         event.set()
         except BackendUnavailableError:
-            pass  # closed, or the file is unusable: waiting claimers fall back to their timeouts
+            self._wake_all()  # closed, or the file is unusable: let the claimers hear it
         finally:
             if self._watcher is asyncio.current_task():
                 self._watcher = None
+
+
+class _WakeSockets:
+    """Wake-ups between processes that share one database file, through Unix datagram
+    sockets in the directory `<database>-wake/`.
+
+    A process whose claimers wait binds one socket there (`listen`); a process that made a
+    task claimable sends each other socket a datagram holding the workflow's name (`ring`),
+    and the listener wakes that workflow's claimers. Nothing runs while no one rings. The
+    directory listing is cached and read again when the directory's mtime changes; a socket
+    whose owner is gone (killed, say) answers ECONNREFUSED and is unlinked by the first
+    sender to notice. Without AF_UNIX, or where the directory cannot be created or bound
+    in, `listen` says so and the backend falls back to polling `PRAGMA data_version`.
+    """
+
+    #: Longest socket path the kernel takes (sun_path is 108 bytes with its NUL on Linux).
+    _MAX_ADDRESS = 107
+    #: Most bytes of a workflow name sent; a longer name is sent empty, which wakes all.
+    _MAX_NAME = 200
+    #: A listing younger than this after the directory's mtime may have missed a change
+    #: stamped with the same coarse mtime ("racy", as git calls it), so it is read again.
+    _RACY_NS = 50_000_000
+    #: A listing is read again at least this often, whatever the mtime says.
+    _MAX_AGE_NS = 1_000_000_000
+
+    def __init__(self, database: str) -> None:
+        self.directory = database + "-wake"
+        self._database = database
+        self._dir_fd: int | None = None
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._name: str | None = None
+        self._sender: socket.socket | None = None
+        self._peers: builtins.list[str] = []
+        self._listed: tuple[int, int] | None = None  # (directory mtime, when listed), in ns
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this process's socket wakes claimers on; None while not bound."""
+        return self._loop
+
+    def listen(self, loop: asyncio.AbstractEventLoop, rung: Callable[[set[str] | None], None]) -> None:
+        """Bind this process's socket and call `rung(workflows)` (None: all) from `loop`
+        whenever datagrams arrive. Raises OSError when it cannot; nothing is left bound."""
+        if not hasattr(socket, "AF_UNIX"):
+            raise OSError(errno.EAFNOSUPPORT, "this platform has no Unix domain sockets")
+        directory_mode, socket_mode = _wake_modes(self._database)
+        try:
+            os.mkdir(self.directory, 0o700)
+            os.chmod(self.directory, directory_mode)  # exactly, whatever the umask
+        except FileExistsError:
+            pass
+        name = f"{os.getpid()}.{secrets.token_hex(3)}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            listener.setblocking(False)
+            listener.bind(self._address(name))
+            os.chmod(name, socket_mode, dir_fd=self._directory_fd())
+            loop.add_reader(listener.fileno(), self._receive, listener, rung)
+        except BaseException:
+            listener.close()
+            self._unlink(name)
+            raise
+        self._listener, self._loop, self._name = listener, loop, name
+
+    def ring(self, workflows: Iterable[str]) -> None:
+        """Tell every other listening process that `workflows` have tasks to claim."""
+        peers = self._current_peers()
+        if not peers:
+            return
+        if self._sender is None:
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+        payloads = [w.encode() if len(w.encode()) <= self._MAX_NAME else b"" for w in workflows]
+        for name in peers:
+            if name == self._name:
+                continue
+            try:
+                for payload in payloads:
+                    self._sender.sendto(payload, self._address(name))
+            except ConnectionRefusedError:
+                self._unlink(name)  # its process is gone (SIGKILL leaves the file behind)
+                self._listed = None
+            except FileNotFoundError:
+                self._listed = None
+            except OSError:
+                pass  # full (it has wake-ups pending already), or not ours to write to
+
+    def close(self) -> None:
+        """Unbind and unlink this process's socket; the directory stays for the others."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            loop, self._loop = self._loop, None
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(listener.fileno())
+            listener.close()
+        if self._name is not None:
+            self._unlink(self._name)
+            self._name = None
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+        self._listed = None
+
+    @staticmethod
+    def _receive(listener: socket.socket, rung: Callable[[set[str] | None], None]) -> None:
+        workflows: set[str] | None = set()
+        while True:
+            try:
+                payload = listener.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if workflows is not None:
+                if payload:
+                    workflows.add(payload.decode(errors="replace"))
+                else:
+                    workflows = None
+        rung(workflows)
+
+    def _current_peers(self) -> builtins.list[str]:
+        try:
+            fd = self._directory_fd()
+            mtime = os.stat(fd).st_mtime_ns
+        except OSError:
+            return []
+        now = time.time_ns()
+        listed = self._listed
+        stale = listed is None or listed[0] != mtime or now - listed[1] > self._MAX_AGE_NS
+        if stale or listed is None or listed[1] - mtime < self._RACY_NS:
+            try:
+                self._peers = os.listdir(fd)
+            except OSError:
+                return []
+            self._listed = (mtime, now)
+        return self._peers
+
+    def _directory_fd(self) -> int:
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        return self._dir_fd
+
+    def _address(self, name: str) -> str:
+        """The path to bind or send to; through /proc/self/fd when the real one is too long."""
+        path = os.path.join(self.directory, name)
+        if len(os.fsencode(path)) <= self._MAX_ADDRESS:
+            return path
+        return f"/proc/self/fd/{self._directory_fd()}/{name}"
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._directory_fd())
+        except OSError:
+            pass
+
+
+def _wake_modes(database: str) -> tuple[int, int]:
+    """Permission bits of the wake-up directory and sockets: whoever may write the database
+    (owner, group, others) may list the directory and send to the sockets in it."""
+    try:
+        writers = os.stat(database).st_mode & 0o222 | 0o200
+    except OSError:
+        writers = 0o200
+    directory = sum(0o7 << shift for shift in (6, 3, 0) if writers & (0o2 << shift))
+    return directory, writers | 0o400
 
 
 class _Call(NamedTuple):
@@ -881,8 +1235,67 @@ def _fenced_write(stored: Task, expected_version: int, **extra: Any) -> dict[str
     }
 
 
+def _receipt(token: str, lease: float) -> str:
+    """A lease's receipt: a random token (16 hex digits) that names it, and the lease
+    granted, in seconds, which the claim's clock check reads back (see _CLAIM)."""
+    return f"{token}:{float(lease)!r}"
+
+
+def _token(receipt: str) -> str:
+    """The part of a receipt that names the lease."""
+    return receipt[:16]
+
+
 def _due(not_before: datetime | None) -> float:
     return time.time() if not_before is None else not_before.timestamp()
+
+
+def _read_only_mount(directory: str) -> str | None:
+    """The mount point of `directory` if its filesystem is mounted read-only, else None."""
+    try:
+        if not os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return None
+        device = os.stat(directory).st_dev
+    except (OSError, AttributeError):
+        return None  # AttributeError: no statvfs on this platform
+    mount = os.path.abspath(directory)
+    while mount != os.path.dirname(mount):
+        parent = os.path.dirname(mount)
+        try:
+            if os.stat(parent).st_dev != device:
+                break
+        except OSError:
+            break
+        mount = parent
+    return mount
+
+
+#: Linux's FS_IOC_GETFLAGS ioctl and its FS_IMMUTABLE_FL bit (chattr +i).
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL = 0x10
+
+
+def _immutable_files(database: str) -> builtins.list[str]:
+    """Which of the database, its -wal and its -shm file are flagged immutable (Linux)."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    found = []
+    for path in (database, database + "-wal", database + "-shm"):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8)), sys.byteorder)
+        except OSError:
+            flags = 0  # a filesystem without these flags
+        finally:
+            os.close(fd)
+        if flags & _FS_IMMUTABLE_FL:
+            found.append(path)
+    return found
 
 
 def _readable(raw: bytes | None, task_id: str) -> Task | None:
