@@ -81,7 +81,73 @@ def build(directory: Path, block: str) -> list[Workflow]:
     saga.step("s2", step("s2"), compensate=undo("s2", hang2))  # type: ignore[arg-type]
     saga.step("s3", step("s3", fail=True), compensate=undo("s3", False))  # type: ignore[arg-type]
     saga.step("s4", step("s4"), compensate=undo("s4", False))  # type: ignore[arg-type]
-    return [counted, saga]
+    return [counted, saga, *faulty(directory)]
+
+
+def faulty(directory: Path) -> list[Workflow]:
+    """Steps that misbehave the way real code does: exit the process, ignore cancellation,
+    overrun their timeout. The body (JSON) says how, so one worker serves every test."""
+
+    exits = Workflow("exits", retry=RetryPolicy(max_attempts=2, initial_delay=0.05))
+
+    @exits.step()
+    def raise_it(ctx: StepContext) -> str:
+        how = ctx.json()["raise"]
+        effect(directory, f"exits-{how}", ctx.task.id)
+        if how == "SystemExit":
+            sys.exit(3)
+        if how == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        return "ok"
+
+    @exits.step()
+    async def raise_async(ctx: StepContext) -> str:
+        how = ctx.json().get("raise_async")
+        if how == "SystemExit":
+            sys.exit(4)
+        if how == "CancelledError":
+            raise asyncio.CancelledError
+        return "ok"
+
+    stubborn = Workflow("stubborn", retry=NO_RETRY)
+
+    @stubborn.step()
+    def ignore_cancel(ctx: StepContext) -> str:
+        marker(directory, f"stubborn-{ctx.task.id}")
+        time.sleep(float(ctx.json()["sleep"]))  # never looks at ctx.cancelled
+        effect(directory, "stubborn-done", ctx.task.id)
+        return "finally"
+
+    overrun = Workflow("overrun", retry=NO_RETRY, timeout=0.2)
+
+    @overrun.step()
+    def too_slow(ctx: StepContext) -> None:
+        effect(directory, "overrun-start", ctx.task.id)
+        time.sleep(30)
+
+    quick = Workflow("quick", retry=NO_RETRY)
+
+    @quick.step()
+    def fast(ctx: StepContext) -> str:
+        effect(directory, "quick", ctx.task.id)
+        return "fast"
+
+    exit_undo = Workflow("exit-undo", retry=NO_RETRY)
+
+    def exit_in_undo(ctx: StepContext) -> None:
+        effect(directory, "exit-undo", ctx.task.id)
+        sys.exit(5)
+
+    def first(ctx: StepContext) -> str:
+        return "done"
+
+    def then_fail(ctx: StepContext) -> None:
+        raise RuntimeError("fails so that the first step is compensated")
+
+    exit_undo.step("first", first, compensate=exit_in_undo)
+    exit_undo.step("then_fail", then_fail)
+
+    return [exits, stubborn, overrun, quick, exit_undo]
 
 
 async def main() -> None:
@@ -91,6 +157,8 @@ async def main() -> None:
     parser.add_argument("--block", default="none")
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--poll-interval", type=float, default=0.05)
+    parser.add_argument("--drain-timeout", type=float, default=2.0)
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -99,11 +167,13 @@ async def main() -> None:
         args.url,
         workflows=build(args.directory, args.block),
         lease=args.lease,
-        poll_interval=0.05,
+        poll_interval=args.poll_interval,
         concurrency=args.concurrency,
-        drain_timeout=2.0,
+        drain_timeout=args.drain_timeout,
     )
+    marker(args.directory, f"started-{os.getpid()}")
     await engine.run()
+    marker(args.directory, f"stopped-{os.getpid()}")
 
 
 if __name__ == "__main__":
