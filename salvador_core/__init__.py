@@ -8,6 +8,7 @@ the step that was running and never loses a task.
 from salvador_core.config import connect, redact_url
 from salvador_core.engine import Engine
 from salvador_core.errors import (
+    BackendNotOpenError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "NO_RETRY",
     "Backend",
+    "BackendNotOpenError",
     "BackendUnavailableError",
     "Claim",
     "ConfigurationError",

@@ -11,6 +11,17 @@ class ConfigurationError(SalvadorError):
     """A URL, option or installation problem the user must fix before anything runs."""
 
 
+class BackendNotOpenError(ConfigurationError):
+    """A backend was used before it was opened (or after it was closed)."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(
+            f"the {backend} backend is not open; use `async with engine:` (or `await "
+            "engine.open()`, or `async with backend:` for a backend used on its own) before "
+            "submitting or reading tasks"
+        )
+
+
 class ConflictError(SalvadorError):
     """A fenced write lost: the stored task changed since it was read.
 

@@ -39,6 +39,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from salvador_core.config import redact_url
 from salvador_core.errors import (
+    BackendNotOpenError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -530,9 +531,7 @@ class RedisBackend:
     @property
     def _redis(self) -> RedisClient:
         if self._client is None or not self._open:
-            raise ConfigurationError(
-                "the Redis backend is not open; use `async with backend:` or await backend.open()"
-            )
+            raise BackendNotOpenError(f"Redis ({self.where})")
         return self._client
 
     async def _exec(self, *args: Any) -> Any:

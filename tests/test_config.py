@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from salvador_core import ConfigurationError, Engine, Workflow, connect, redact_url
+from salvador_core import BackendNotOpenError, ConfigurationError, Engine, Workflow, connect, redact_url
 from salvador_core import config as config_module
 from salvador_core.backends.memory import MemoryBackend
 
@@ -117,3 +117,18 @@ def test_engine_refuses_a_workflow_without_steps() -> None:
 def test_engine_refuses_nonsense_settings(option: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         Engine(MemoryBackend(), **option)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///{tmp}/t.db", "redis://127.0.0.1:6379/0"])
+@pytest.mark.asyncio
+async def test_using_a_backend_before_opening_it_is_the_same_error_everywhere(url: str, tmp_path: Path) -> None:
+    wf = Workflow("w").step("s", lambda ctx: None)
+    engine = Engine.from_url(url.format(tmp=tmp_path), workflows=[wf])
+    with pytest.raises(BackendNotOpenError, match=r"not open; use `async with engine:`"):
+        await engine.submit(wf)
+    with pytest.raises(BackendNotOpenError):
+        await engine.get_task("0" * 32)
+    async with engine:
+        assert await engine.get_task("0" * 32) is None
+    with pytest.raises(BackendNotOpenError):
+        await engine.submit(wf)

@@ -22,11 +22,11 @@ async def test_task_created_but_never_queued_is_found_and_run() -> None:
     wf = Workflow("orphaned").step("step", step)
     store, queue = MemoryBackend(), MemoryBackend()
     engine = Engine(store, queue, workflows=[wf], lease=1.0, poll_interval=0.05)
-    # What a producer that crashed between its two writes leaves behind: a stored, pending
-    # task that no queue knows about.
-    orphan = await store.create(Task(id=new_task_id(), workflow=wf.name))
-    queued = await engine.submit(wf)
     async with engine:
+        # What a producer that crashed between its two writes leaves behind: a stored,
+        # pending task that no queue knows about.
+        orphan = await store.create(Task(id=new_task_id(), workflow=wf.name))
+        queued = await engine.submit(wf)
         worker = asyncio.create_task(engine.run(handle_signals=False))
         try:
             for _ in range(500):

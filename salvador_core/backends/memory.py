@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from salvador_core.errors import ConflictError, LeaseLostError
+from salvador_core.errors import BackendNotOpenError, ConflictError, LeaseLostError
 from salvador_core.task import (
     Claim,
     Page,
@@ -56,6 +56,7 @@ class MemoryBackend:
         self._queued: dict[str, str] = {}  # task id -> workflow, while ready/delayed/leased
         self._deliveries: dict[str, int] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._open = False  # records outlive close(); use needs open(), as on every backend
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryBackend:
@@ -66,10 +67,14 @@ class MemoryBackend:
         return cls()
 
     async def open(self) -> None:
-        return None
+        self._open = True
 
     async def close(self) -> None:
-        return None
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise BackendNotOpenError("memory://")
 
     async def __aenter__(self) -> MemoryBackend:
         await self.open()
@@ -81,6 +86,7 @@ class MemoryBackend:
     # -- store ---------------------------------------------------------------------------
 
     async def create(self, task: Task) -> Task:
+        self._check_open()
         if task.idempotency_key is not None:
             existing = self._idempotency.get((task.workflow, task.idempotency_key))
             if existing is not None and existing in self._records:
@@ -93,10 +99,12 @@ class MemoryBackend:
         return stored
 
     async def get(self, task_id: str) -> Task | None:
+        self._check_open()
         raw = self._records.get(task_id)
         return None if raw is None else decode_task(raw, task_id)
 
     async def update(self, task: Task, expected_version: int) -> Task:
+        self._check_open()
         raw = self._records.get(task.id)
         if raw is None:
             raise ConflictError(task.id, expected_version, None)
@@ -118,6 +126,7 @@ class MemoryBackend:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
+        self._check_open()
         wanted = statuses_of(status)
         found: list[Task] = []
         for task_id in sorted(self._records):
@@ -139,6 +148,7 @@ class MemoryBackend:
         return Page(page, page[-1].id if more and page else None)
 
     async def delete(self, task_id: str) -> bool:
+        self._check_open()
         raw = self._records.pop(task_id, None)
         if raw is None:
             return False
@@ -148,6 +158,7 @@ class MemoryBackend:
         return True
 
     async def purge(self, *, older_than: datetime, statuses: Iterable[TaskStatus]) -> int:
+        self._check_open()
         wanted = purge_statuses(statuses)
         doomed = []
         for task_id, raw in self._records.items():
@@ -162,6 +173,7 @@ class MemoryBackend:
         return len(doomed)
 
     async def quarantine(self, task: Task) -> Task:
+        self._check_open()
         stored = task.evolve(version=task.version + 1, updated_at=utcnow())
         self._records[task.id] = encode_task(stored)
         self._versions[task.id] = stored.version
@@ -170,12 +182,14 @@ class MemoryBackend:
     # -- queue ---------------------------------------------------------------------------
 
     async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
+        self._check_open()
         if task_id in self._queued:
             return
         self._queued[task_id] = workflow
         self._schedule(workflow, task_id, _seconds_until(not_before))
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
+        self._check_open()
         give_up = time.monotonic() + max(0.0, wait)
         while True:
             now = time.monotonic()
@@ -199,6 +213,7 @@ class MemoryBackend:
                 pass
 
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
+        self._check_open()
         held = self._current_lease(claim)
         held.deadline = time.monotonic() + lease
         return Claim(
@@ -206,11 +221,13 @@ class MemoryBackend:
         )
 
     async def ack(self, claim: Claim) -> None:
+        self._check_open()
         self._current_lease(claim)
         self._drop_from_queue(claim.task_id)
         self._deliveries.pop(claim.task_id, None)
 
     async def release(self, claim: Claim, *, delay: float = 0.0) -> None:
+        self._check_open()
         self._current_lease(claim)
         del self._leases[claim.task_id]
         self._schedule(claim.workflow, claim.task_id, delay)
@@ -218,12 +235,14 @@ class MemoryBackend:
     # -- backend ------------------------------------------------------------------------
 
     async def submit(self, task: Task) -> Task:
+        self._check_open()
         stored = await self.create(task)
         if stored.id == task.id:
             await self.enqueue(task.workflow, task.id, not_before=task.not_before)
         return stored
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
+        self._check_open()
         stored = await self.update(task, expected_version)
         # Not `enqueue`: that keeps an existing entry, and a worker still holding a lease
         # from before the requeue (it read the task as terminal) would ack it away. The
@@ -234,6 +253,7 @@ class MemoryBackend:
         return stored
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
+        self._check_open()
         stored = await self.update(task, expected_version)
         held = self._leases.get(claim.task_id)
         if held is not None and held.receipt == claim.receipt:

@@ -93,6 +93,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from salvador_core.errors import (
+    BackendNotOpenError,
     BackendUnavailableError,
     ConfigurationError,
     ConflictError,
@@ -558,9 +559,7 @@ class SQLiteBackend:
     async def _call(self, fn: Callable[..., _T], args: tuple[Any, ...], *, alone: bool) -> _T:
         thread = self._thread
         if thread is None:
-            raise BackendUnavailableError(
-                f"the SQLite backend for {self.path} is closed; open it first (async with backend)"
-            )
+            raise BackendNotOpenError(f"SQLite ({self.path})")
         if time.monotonic() - self._identity_checked >= self.identity_check_interval:
             self._check_identity()
         if self._lost is not None:
@@ -635,7 +634,7 @@ class SQLiteBackend:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise BackendUnavailableError(f"the SQLite backend for {self.path} is closed; open it first")
+            raise BackendNotOpenError(f"SQLite ({self.path})")
         return self._conn
 
     def _check_path(self) -> None:
