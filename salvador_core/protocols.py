@@ -87,16 +87,24 @@ class TaskQueue(Protocol):
         """Make `task_id` claimable for `workflow`, no earlier than `not_before`.
 
         Idempotent per task id: a task that is already queued, delayed or leased is not
-        queued twice.
+        queued twice. A task waiting (not leased) for a due time later than `not_before`
+        (None: now) is moved earlier to it, never later: a task cancelled while delayed an
+        hour and then run again must not wait out the old hour.
         """
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
         """Lease the next due task of `workflow`, waiting up to `wait` seconds for one.
 
-        Waiting does not busy-poll the backend. The same task is never leased to two
-        claimers at once. A lease not extended or acked within `lease` seconds (on the
-        backend's clock) expires and the task becomes claimable again, with `deliveries`
-        increased. Returns None when nothing became due within `wait`.
+        Waiting does not busy-poll the backend: an idle wait costs about nothing until an
+        enqueue or a due time wakes it. The same task is never leased to two claimers at
+        once. A lease not extended or acked within `lease` seconds (on the backend's clock)
+        expires and the task becomes claimable again, with `deliveries` increased. Returns
+        None when nothing became due within `wait`.
+
+        Oldest due first: one claimer gets due tasks in the order they became due, so no
+        task waits behind tasks queued after it. Tasks enqueued without a delay come in
+        enqueue order; a delayed task comes in the order of its due time, no later than
+        the first claim made after it is due.
         """
 
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
@@ -136,9 +144,18 @@ class Backend(TaskStore, TaskQueue, Protocol):
         """
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
-        """`update` (fenced as there) and `enqueue` in one atomic step; used to run a
-        dead-lettered task again. Raises `ConflictError` and writes nothing on a stale
-        version."""
+        """`update` (fenced as there) and a fresh queue entry in one atomic step; used to
+        run a failed, compensated or cancelled task again. Raises `ConflictError` and
+        writes nothing on a stale version.
+
+        Unlike `enqueue`, it makes the task claimable now (or at `task.not_before` if set)
+        whatever lease or delay exists: any current lease is voided, so an `ack`, `extend`
+        or `release` from a claim made before the requeue raises `LeaseLostError` and
+        changes nothing, and a `settle` from such a claim writes the record only if its
+        version fence passes and never removes the new queue entry; an earlier due time is
+        replaced. The task is queued once, never twice. (A worker that claimed a cancelled
+        task acks it; that ack must not remove the entry of a requeue that came between.)
+        """
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
         """A run's final write and its `ack` in one atomic step (one round trip if possible).

@@ -10,10 +10,11 @@ the whole suite against it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from salvador_core import (
@@ -30,14 +31,24 @@ from salvador_core import (
 TERMINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.COMPENSATED}
 
 
+#: Enqueue order, to break ties between entries due at the same instant.
+_order = itertools.count()
+
+
 @dataclass
 class Entry:
-    """A queued task: due at `due` (epoch seconds); leased to `receipt` until `due` if set."""
+    """A queued task: due at `due` (epoch seconds); leased to `receipt` until `due` if set.
+
+    `due` is when the task became (or becomes) claimable: its enqueue time, its
+    `not_before`, the end of a release delay or of a lease. Claims take the smallest
+    `(due, seq)` first, so tasks come out oldest due first.
+    """
 
     workflow: str
     due: float
     deliveries: int = 0
     receipt: str | None = None
+    seq: int = field(default_factory=lambda: next(_order))
 
 
 class DictBackend:
@@ -47,7 +58,9 @@ class DictBackend:
         self.records: dict[str, bytes] = {}
         self.keys: dict[tuple[str, str], str] = {}
         self.queue: dict[str, Entry] = {}
-        self.changed = asyncio.Condition()
+        # Set (and replaced) whenever something may have become claimable. An Event, not a
+        # Condition: a claim cancelled while waiting must leave no lock to release.
+        self.changed = asyncio.Event()
 
     async def open(self) -> None:
         return None
@@ -123,29 +136,35 @@ class DictBackend:
     # -- TaskQueue ---------------------------------------------------------------------
 
     async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
-        if task_id not in self.queue:
-            self.queue[task_id] = Entry(workflow, not_before.timestamp() if not_before else 0.0)
-            await self._notify()
+        due = not_before.timestamp() if not_before else time.time()
+        entry = self.queue.get(task_id)
+        if entry is None:
+            self.queue[task_id] = Entry(workflow, due)
+        elif entry.receipt is None and entry.due > due:
+            entry.due = due  # a waiting entry is moved earlier, never later; a lease stays
+        else:
+            return
+        await self._notify()
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
         give_up = time.time() + wait
-        async with self.changed:
-            while True:
-                now = time.time()
-                due = [(e.due, i) for i, e in self.queue.items() if e.workflow == workflow and e.due <= now]
-                if due:
-                    task_id = min(due)[1]
-                    entry = self.queue[task_id]
-                    entry.receipt, entry.due = secrets.token_hex(8), now + lease
-                    entry.deliveries += 1
-                    return Claim(task_id, workflow, entry.receipt, entry.deliveries, entry.due)
-                later = [e.due for e in self.queue.values() if e.workflow == workflow] + [give_up]
-                if now >= give_up:
-                    return None
-                try:
-                    await asyncio.wait_for(self.changed.wait(), max(0.001, min(later) - now))
-                except asyncio.TimeoutError:
-                    pass
+        while True:
+            now = time.time()
+            due = [(e.due, e.seq, i) for i, e in self.queue.items() if e.workflow == workflow]
+            due = [d for d in due if d[0] <= now]
+            if due:
+                task_id = min(due)[2]
+                entry = self.queue[task_id]
+                entry.receipt, entry.due = secrets.token_hex(8), now + lease
+                entry.deliveries += 1
+                return Claim(task_id, workflow, entry.receipt, entry.deliveries, entry.due)
+            later = [e.due for e in self.queue.values() if e.workflow == workflow] + [give_up]
+            if now >= give_up:
+                return None
+            try:
+                await asyncio.wait_for(self.changed.wait(), max(0.001, min(later) - now))
+            except asyncio.TimeoutError:
+                pass
 
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
         entry = self._held(claim)
@@ -168,8 +187,8 @@ class DictBackend:
         return entry
 
     async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
 
     # -- back doors for the conformance suite ------------------------------------------
 

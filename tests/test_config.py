@@ -121,7 +121,9 @@ def test_engine_refuses_nonsense_settings(option: dict[str, float]) -> None:
 
 @pytest.mark.parametrize("url", ["memory://", "sqlite:///{tmp}/t.db", "redis://127.0.0.1:6379/0"])
 @pytest.mark.asyncio
-async def test_using_a_backend_before_opening_it_is_the_same_error_everywhere(url: str, tmp_path: Path) -> None:
+async def test_using_a_backend_before_opening_it_is_the_same_error_everywhere(
+    url: str, tmp_path: Path
+) -> None:
     wf = Workflow("w").step("s", lambda ctx: None)
     engine = Engine.from_url(url.format(tmp=tmp_path), workflows=[wf])
     with pytest.raises(BackendNotOpenError, match=r"not open; use `async with engine:`"):

@@ -23,7 +23,7 @@ import pytest_asyncio
 from salvador_core import ConfigurationError, Engine, StepContext, Workflow, connect
 from salvador_core.backends.memory import MemoryBackend
 from salvador_core.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
-from salvador_core.errors import BackendUnavailableError, ConflictError, LeaseLostError
+from salvador_core.errors import BackendNotOpenError, BackendUnavailableError, ConflictError, LeaseLostError
 from salvador_core.task import Task, TaskStatus, new_task_id, utcnow
 
 pytestmark = pytest.mark.asyncio
@@ -108,7 +108,7 @@ async def test_missing_directory_names_the_path_and_the_fix(tmp_path: Path) -> N
     with pytest.raises(ConfigurationError, match=rf"{path}.*{tmp_path / 'nowhere'} does not exist.*mkdir"):
         await b.open()
     assert not (tmp_path / "nowhere").exists()
-    with pytest.raises(BackendUnavailableError, match="closed; open it first"):
+    with pytest.raises(BackendNotOpenError, match=r"t\.db\) backend is not open"):
         await b.get("x")
 
 
@@ -218,13 +218,13 @@ async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
 
 async def test_closed_backend_says_so(tmp_path: Path) -> None:
     b = SQLiteBackend(tmp_path / "t.db")
-    with pytest.raises(BackendUnavailableError, match=r"t\.db is closed; open it first"):
+    with pytest.raises(BackendNotOpenError, match=r"t\.db\) backend is not open"):
         await b.create(task())
     await b.open()
     await b.open()
     await b.close()
     await b.close()
-    with pytest.raises(BackendUnavailableError, match="closed"):
+    with pytest.raises(BackendNotOpenError, match="not open"):
         await b.claim("wf", lease=1, wait=0)
 
 

@@ -183,10 +183,15 @@ class MemoryBackend:
 
     async def enqueue(self, workflow: str, task_id: str, *, not_before: datetime | None = None) -> None:
         self._check_open()
+        delay = _seconds_until(not_before)
         if task_id in self._queued:
-            return
+            delayed = self._delayed.get(workflow, [])
+            due = next((d for d, i in delayed if i == task_id), None)
+            if due is None or due <= time.monotonic() + delay:
+                return  # ready, leased, or delayed until no later than asked: left as it is
+            self._unschedule(task_id)  # moved earlier, never later
         self._queued[task_id] = workflow
-        self._schedule(workflow, task_id, _seconds_until(not_before))
+        self._schedule(workflow, task_id, delay)
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
         self._check_open()

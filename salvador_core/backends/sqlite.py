@@ -202,7 +202,8 @@ _REQUEUE = (
 _ENQUEUE = (
     "INSERT INTO tasks (id, workflow, q_workflow, q_due) VALUES (:id, :workflow, :workflow, :due) "
     "ON CONFLICT (id) DO UPDATE SET q_workflow = excluded.q_workflow, q_due = excluded.q_due, "
-    "q_receipt = NULL, q_deliveries = 0 WHERE q_workflow IS NULL"
+    "q_receipt = NULL, q_deliveries = iif(q_workflow IS NULL, 0, q_deliveries) "
+    "WHERE q_workflow IS NULL OR (q_receipt IS NULL AND q_due > excluded.q_due)"
 )
 # The oldest due row (index tasks_queue); only when none is due, a lease whose deadline lies
 # more than a second further ahead than the lease granted (index tasks_leases): the wall

@@ -11,6 +11,9 @@ yields a fresh, opened, isolated backend, and run pytest::
             async with AcmeBackend.from_url("acme://localhost/test") as backend:
                 yield backend
 
+A backend declaring `durable` or `shared` also overrides `open_second_instance(backend)`,
+returning a new, opened instance on the same storage (see `ConformanceBase`).
+
 `StoreChecks`, `QueueChecks` and `EngineChecks` are the three parts, for a backend that
 wants to run them separately. Checks cannot be overridden; optional capabilities are
 declared (`CAPABILITIES`) and what they skip is reported. The suite is a pytest plugin

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import threading
 import time
+from collections import Counter
+from collections.abc import Awaitable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +26,7 @@ import pytest
 
 from salvador_core.engine import Engine
 from salvador_core.errors import (
+    BackendUnavailableError,
     ConflictError,
     CorruptRecordError,
     InvalidStateError,
@@ -51,6 +56,71 @@ def _has_length(items: list[Any], n: int) -> bool:
 
 def _type_name(error: Any) -> str:
     return str(getattr(error, "type", "")).rsplit(".", 1)[-1]
+
+
+#: How soon `run()` must return after `stop()` while its workers wait in `claim`.
+STOP_WITHIN = 0.5
+
+
+class _Abort(BaseException):
+    """A `BaseException` of the user's own, outside `Exception`'s tree."""
+
+
+@contextmanager
+def _contained(escaped: list[BaseException]) -> Iterator[None]:
+    """Record in `escaped`, and stop there, every `BaseException` other than cancellation
+    that leaves a task created meanwhile (the engine's runs and claim loops).
+
+    asyncio lets `KeyboardInterrupt` and `SystemExit` out of the event loop: from a broken
+    engine they would end the whole pytest session (or, in production, the worker) instead
+    of failing one check. The others would end their task with an exception nobody
+    retrieves, logged whenever the garbage collector gets to it.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+        guarded = _guard(coro, escaped)
+        if previous is not None:
+            return previous(loop, guarded, **options)
+        return asyncio.Task(guarded, loop=loop, **options)
+
+    loop.set_task_factory(factory)
+    try:
+        yield
+    finally:
+        loop.set_task_factory(previous)
+
+
+async def _guard(coro: Coroutine[Any, Any, Any], escaped: list[BaseException]) -> Any:
+    try:
+        return await coro
+    except (asyncio.CancelledError, Exception):
+        raise
+    except BaseException as exc:
+        escaped.append(exc)
+        return None
+
+
+async def _refused(call: Awaitable[Any], name: str, given: Any) -> None:
+    """`call` (a submit with `name=given`) must raise ValueError naming `name`."""
+    try:
+        await call
+    except ValueError as exc:
+        if name not in str(exc):
+            raise AssertionError(
+                f"submit({name}={given!r}) raised ValueError without naming {name!r}: {exc}"
+            ) from exc
+        return
+    except Exception as exc:
+        raise AssertionError(
+            f"submit({name}={given!r}) raised {type(exc).__name__}: {exc}; expected a ValueError "
+            f"naming {name!r}, raised before anything is stored"
+        ) from exc
+    raise AssertionError(
+        f"submit({name}={given!r}) was accepted; it must raise ValueError naming {name!r} and "
+        "store nothing"
+    )
 
 
 @checks
@@ -88,7 +158,10 @@ class EngineChecks(ConformanceBase):
                     return run.claim
             return None
 
-        claim: Claim = await self.wait_until(find, what=f"an engine run owning {task_id}")
+        claim: Claim = await self.wait_until(
+            find, what=f"an engine run owning {task_id}",
+            state=functools.partial(self.describe_task, engine, task_id),
+        )
         return claim
 
     async def _status(self, engine: Engine, task_id: str, status: TaskStatus) -> Task:
@@ -96,7 +169,10 @@ class EngineChecks(ConformanceBase):
             task = await engine.get_task(task_id)
             return task if task is not None and task.status is status else None
 
-        task: Task = await self.wait_until(reached, what=f"task {task_id} to be {status.value}")
+        task: Task = await self.wait_until(
+            reached, what=f"task {task_id} to be {status.value}",
+            state=functools.partial(self.describe_task, engine, task_id),
+        )
         return task
 
     # -- happy path --------------------------------------------------------------------
@@ -575,7 +651,10 @@ class EngineChecks(ConformanceBase):
             assert task.status is TaskStatus.FAILED
             assert task.dead_letter == "step-failed"
             assert _type_name(task.error) == "StepTimeoutError"
-            assert asked_to_stop.is_set(), "ctx.cancelled was not set for the overrunning thread"
+            # The thread looks at ctx.cancelled every 10 ms; the failure may be written sooner.
+            assert await asyncio.to_thread(asked_to_stop.wait, 2.0), (
+                "ctx.cancelled was not set for the overrunning thread"
+            )
         finally:
             release.set()
         assert await asyncio.to_thread(returned.wait, 5.0)
@@ -1339,3 +1418,281 @@ class EngineChecks(ConformanceBase):
         async with self.running(eng):
             task = await self.settled(eng, await eng.submit(wf))
         assert task.status is TaskStatus.COMPLETED
+
+    @pytest.mark.asyncio
+    async def test_stop_returns_within_half_a_second_while_workers_wait_in_claim(self, backend: Any) -> None:
+        async def step(ctx: StepContext) -> None:
+            return None
+
+        wf = Workflow("idle-stop").step("step", step)
+        eng = self.engine(backend, wf, poll_interval=30.0)
+        await eng.open()  # held open, so the fixture's backend stays open after run() closes
+        worker = asyncio.create_task(eng.run(handle_signals=False))
+        try:
+            await asyncio.sleep(0.3)  # the claim loops are now waiting in claim(wait=30)
+            assert not worker.done(), "run() returned before it was stopped"
+            asked = time.monotonic()
+            eng.stop()
+            done, _ = await asyncio.wait({worker}, timeout=STOP_WITHIN + 2.0)
+            took = time.monotonic() - asked
+        finally:
+            if not worker.done():
+                worker.cancel()  # a broken engine: do not wait out its 30 s claims
+                await asyncio.gather(worker, return_exceptions=True)
+        assert done, (
+            f"run() had not returned {took:.1f}s after stop() while its workers waited in claim with "
+            f"poll_interval=30; it must return within {STOP_WITHIN}s"
+        )
+        assert took <= STOP_WITHIN, (
+            f"run() returned {took:.2f}s after stop() while its workers waited in claim with "
+            f"poll_interval=30; it must return within {STOP_WITHIN}s: a stop must interrupt an idle "
+            "claim wait, not wait it out"
+        )
+        worker.result()
+
+    # -- contract holes: requeue races, undecodable text, BaseExceptions, bad input ------
+
+    @pytest.mark.asyncio
+    async def test_requeued_task_runs_although_a_stale_claimer_acks_its_claim_from_before(
+        self, backend: Any
+    ) -> None:
+        ran: list[int] = []
+
+        async def step(ctx: StepContext) -> None:
+            ran.append(ctx.attempt)
+
+        wf = Workflow("requeue-race").step("step", step)
+        eng = self.engine(backend, wf)
+        tid = await eng.submit(wf, delay=0.1)
+        assert (await eng.cancel(tid)).status is TaskStatus.CANCELLED
+        # A worker claims the cancelled task (its queue entry stays until someone acks it),
+        # reads it as terminal, and is slow to ack: meanwhile the task is requeued.
+        stale = await self.claim_soon(backend, wf.name, lease=30.0, wait=3.0)
+        assert stale.task_id == tid
+        await eng.requeue(tid)
+        try:
+            await backend.ack(stale)
+        except LeaseLostError:
+            pass  # requeue voided the old lease: the right outcome
+        async with self.running(eng):
+            task = await self.settled(eng, tid, timeout=5.0, what=(
+                f"requeued task {tid} to run although a stale claimer acked its claim from before "
+                "the requeue (requeue must void earlier leases, or the stale ack removes the task's "
+                "only queue entry)"
+            ))
+        assert task.status is TaskStatus.COMPLETED
+        assert ran == [1]
+
+    @pytest.mark.asyncio
+    async def test_requeued_task_submitted_with_a_long_delay_runs_at_once(self, backend: Any) -> None:
+        ran: list[str] = []
+
+        async def step(ctx: StepContext) -> None:
+            ran.append(ctx.task.id)
+
+        wf = Workflow("requeue-delayed").step("step", step)
+        eng = self.engine(backend, wf)
+        tid = await eng.submit(wf, delay=3600)
+        assert (await eng.cancel(tid)).status is TaskStatus.CANCELLED
+        again = await eng.requeue(tid)
+        assert again.not_before is None
+        async with self.running(eng):
+            task = await self.settled(eng, tid, timeout=5.0, what=(
+                f"requeued task {tid} to run at once (it was submitted with delay=3600 and cancelled; "
+                "requeue must replace the old due time, not keep it)"
+            ))
+        assert task.status is TaskStatus.COMPLETED
+        assert ran == [tid]
+
+    @pytest.mark.asyncio
+    async def test_exception_message_with_a_lone_surrogate_is_recorded_as_a_failure(
+        self, backend: Any
+    ) -> None:
+        # What os.fsdecode makes of an undecodable byte in a file name: UTF-8 cannot hold it.
+        message = "bad name: " + b"\xff".decode("utf-8", "surrogateescape")
+
+        async def step(ctx: StepContext) -> None:
+            raise ValueError(message)
+
+        wf = Workflow("surrogate").step("step", step, retry=NO_RETRY)
+        eng = self.engine(backend, wf, lease=1.0)
+        async with self.running(eng):
+            task = await self.settled(eng, await eng.submit(wf))
+        recorded = (task.status, task.dead_letter, _type_name(task.error))
+        assert recorded == (TaskStatus.FAILED, "step-failed", "ValueError"), (
+            f"a step raising ValueError({message!r}) ended as {recorded}: its failure could not be "
+            "written (UTF-8 cannot encode a lone surrogate) and the task was left to its lease"
+        )
+        assert task.error is not None
+        kept = task.error.message
+        assert kept.startswith("bad name: "), f"the message was not kept: {kept!r}"
+        rest = kept[len("bad name: "):]
+        assert rest == "\udcff" or "dcff" in rest or "xff" in rest.lower(), (
+            f"the undecodable byte was dropped from the message instead of escaped: {kept!r}"
+        )
+
+    @pytest.mark.asyncio
+    async def test_step_raising_a_base_exception_fails_by_its_retry_policy_and_the_worker_goes_on(
+        self, backend: Any
+    ) -> None:
+        calls: Counter[str] = Counter()
+        kinds: dict[str, type[BaseException]] = {}
+
+        def raising(name: str, kind: type[BaseException], run_async: bool) -> Any:
+            def sync_step(ctx: StepContext) -> None:
+                calls[name] += 1
+                raise kind(f"{name}: raised by the step")
+
+            async def async_step(ctx: StepContext) -> None:
+                sync_step(ctx)
+
+            return async_step if run_async else sync_step
+
+        policy = RetryPolicy(max_attempts=2, initial_delay=0, jitter=0)
+        failing: list[Workflow] = []
+        variants: list[tuple[type[BaseException], bool]] = [
+            (k, False) for k in (SystemExit, KeyboardInterrupt, GeneratorExit, _Abort)
+        ]
+        variants += [(k, True) for k in (SystemExit, KeyboardInterrupt, GeneratorExit, _Abort)]
+        variants.append((asyncio.CancelledError, True))
+        for kind, run_async in variants:
+            name = f"{kind.__name__}-{'async' if run_async else 'sync'}"
+            kinds[name] = kind
+            failing.append(Workflow(name).step("step", raising(name, kind, run_async), retry=policy))
+
+        async def fine(ctx: StepContext) -> str:
+            return "ok"
+
+        healthy = Workflow("unaffected").step("fine", fine)
+        eng = self.engine(backend, *failing, healthy, concurrency=1, lease=1.0)
+        escaped: list[BaseException] = []
+        with _contained(escaped):
+            async with self.running(eng):
+                first = await eng.submit(healthy)
+                submitted = {wf.name: await eng.submit(wf) for wf in failing}
+                ended = {name: await self.settled(eng, tid) for name, tid in submitted.items()}
+                worker_alive = not self._workers()[eng].done()
+                later = await self.settled(eng, await eng.submit(healthy))
+                before = await self.settled(eng, first)
+        assert not escaped, (
+            f"{sorted({type(e).__name__ for e in escaped})} raised by steps escaped the engine's "
+            "tasks (asyncio lets KeyboardInterrupt and SystemExit out of the event loop, which "
+            "ends the worker process); the engine must record them as the step's failure"
+        )
+        wrong = []
+        for name, task in ended.items():
+            seen = (task.status.value, task.dead_letter, _type_name(task.error), task.attempt, calls[name])
+            if seen != ("failed", "step-failed", kinds[name].__name__, 2, 2):
+                wrong.append(f"{name}: (status, dead letter, error type, attempt, calls) = {seen}")
+        assert not wrong, (
+            "a step raising a BaseException must be recorded as a failure of that type and follow "
+            "its RetryPolicy (max_attempts=2: called twice, then failed, 'step-failed'):\n  "
+            + "\n  ".join(wrong)
+        )
+        assert worker_alive, "engine.run() ended after steps raised BaseExceptions"
+        assert (before.status, later.status) == (TaskStatus.COMPLETED, TaskStatus.COMPLETED)
+
+    @pytest.mark.asyncio
+    async def test_compensation_raising_system_exit_fails_the_task_after_one_call(self, backend: Any) -> None:
+        calls: Counter[str] = Counter()
+
+        async def a(ctx: StepContext) -> str:
+            return "A"
+
+        def undo_sync(ctx: StepContext) -> None:
+            calls[ctx.task.workflow] += 1
+            raise SystemExit("compensation exits")
+
+        async def undo_async(ctx: StepContext) -> None:
+            undo_sync(ctx)
+
+        async def b(ctx: StepContext) -> None:
+            raise RuntimeError("card declined")
+
+        twice = RetryPolicy(max_attempts=2, initial_delay=0, jitter=0)
+        sagas = [
+            Workflow(f"exit-in-compensation-{kind}", retry=twice)
+            .step("a", a, compensate=undo).step("b", b, retry=NO_RETRY)
+            for kind, undo in (("sync", undo_sync), ("async", undo_async))
+        ]
+        eng = self.engine(backend, *sagas, lease=1.0)
+        escaped: list[BaseException] = []
+        with _contained(escaped):
+            async with self.running(eng):
+                submitted = [await eng.submit(wf) for wf in sagas]
+                ended = [await self.settled(eng, tid) for tid in submitted]
+        assert not escaped, (
+            f"{type(escaped[0]).__name__} raised by a compensation escaped the engine's task (it "
+            "would end the worker); the task must fail with 'compensation-failed' after one call"
+        )
+        for wf, task in zip(sagas, ended, strict=True):
+            seen = (task.status.value, task.dead_letter, _type_name(task.error), calls[wf.name])
+            assert seen == ("failed", "compensation-failed", "SystemExit", 1), (
+                f"{wf.name}: (status, dead letter, error type, compensation calls) = {seen}; a "
+                "compensation raising SystemExit must fail the task with 'compensation-failed' "
+                "after one call, not be retried"
+            )
+
+    @pytest.mark.asyncio
+    async def test_submit_refuses_a_bad_idempotency_key_or_delay_and_stores_nothing(
+        self, backend: Any
+    ) -> None:
+        async def step(ctx: StepContext) -> None:
+            return None
+
+        wf = Workflow("bad-input").step("step", step)
+        eng = self.engine(backend, wf)
+        bad_keys: tuple[Any, ...] = ("", 5, {})
+        for key in bad_keys:
+            await _refused(eng.submit(wf, idempotency_key=key), "idempotency_key", key)
+        for delay in (math.inf, math.nan):
+            await _refused(eng.submit(wf, delay=delay), "delay", delay)
+        assert (await backend.list()).tasks == [], "a refused submit stored a task"
+        assert await backend.claim(wf.name, lease=5.0, wait=0) is None, "a refused submit queued a task"
+
+    @pytest.mark.asyncio
+    async def test_salvador_error_raised_by_a_step_follows_its_retry_policy(self, backend: Any) -> None:
+        attempts: list[int] = []
+
+        async def flaky(ctx: StepContext) -> str:
+            attempts.append(ctx.attempt)
+            if ctx.attempt < 3:
+                raise BackendUnavailableError("the payment service's database is down")
+            return "paid"
+
+        policy = RetryPolicy(max_attempts=3, initial_delay=0, jitter=0)
+        wf = Workflow("user-salvador-error").step("flaky", flaky, retry=policy)
+        eng = self.engine(backend, wf)
+        async with self.running(eng):
+            task = await self.settled(eng, await eng.submit(wf))
+        assert (task.status, attempts) == (TaskStatus.COMPLETED, [1, 2, 3]), (
+            f"a step raising BackendUnavailableError (a SalvadorError of the user's own) with "
+            f"max_attempts=3 ran attempts {attempts} and ended {task.status.value} "
+            f"({task.dead_letter}); it must be retried like any other exception"
+        )
+
+    # -- several instances on one storage (capability `shared`) --------------------------
+
+    @pytest.mark.asyncio
+    async def test_two_engines_on_two_instances_of_one_storage_run_every_task_once(
+        self, backend: Any
+    ) -> None:
+        self.require("shared")
+        runs: Counter[str] = Counter()
+
+        async def step(ctx: StepContext) -> None:
+            runs[ctx.task.id] += 1
+
+        wf = Workflow("two-processes").step("step", step)
+        async with self.second_instance(backend) as other:
+            first, second = self.engine(backend, wf), self.engine(other, wf)
+            async with self.running(first), self.running(second):
+                submitted = await asyncio.gather(
+                    *(engine.submit(wf, {"n": n}) for n in range(15) for engine in (first, second))
+                )
+                ended = [await self.settled(first, tid) for tid in submitted]
+        assert len(set(submitted)) == 30
+        assert all(t.status is TaskStatus.COMPLETED for t in ended)
+        twice = sorted(t for t, n in runs.items() if n > 1)
+        assert not twice, f"{len(twice)} task(s) ran more than once with two engines on one storage"
+

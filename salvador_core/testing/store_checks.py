@@ -329,6 +329,91 @@ class StoreChecks(ConformanceBase):
         _same_content(task.evolve(step=2), stored)
 
     @asyncio_check
+    async def test_writes_are_on_the_storage_when_they_return_without_closing_the_backend(
+        self, backend: Any
+    ) -> None:
+        self.require("durable")
+        task = await backend.create(_full_task(self))
+        await backend.update(task.evolve(step=2), 1)
+        # The first instance stays open and is never closed before the read: a crash gives a
+        # backend no close() in which to flush what it kept in memory.
+        async with self.second_instance(backend) as other:
+            stored = await other.get(task.id)
+        assert stored is not None, (
+            "a record written through one instance is not found by a second instance opened on "
+            "the same storage while the first is still open: the backend holds writes in process "
+            "(until close()?), so a crash loses them. A durable backend has every write on its "
+            "storage when the call returns."
+        )
+        assert (stored.version, stored.step) == (2, 2), (
+            f"a second instance on the same storage reads version {stored.version}, step "
+            f"{stored.step} instead of the last write (version 2, step 2): writes are not on the "
+            "storage when they return"
+        )
+        _same_content(task.evolve(step=2), stored)
+
+    # -- several instances on one storage (capability `shared`) ---------------------------
+
+    @asyncio_check
+    async def test_creates_through_two_instances_are_all_kept_and_visible_to_both(self, backend: Any) -> None:
+        self.require("shared")
+        async with self.second_instance(backend) as other:
+            ours = [self.make_task(body=b"first") for _ in range(15)]
+            theirs = [self.make_task(body=b"second") for _ in range(15)]
+            await asyncio.gather(*(backend.create(t) for t in ours), *(other.create(t) for t in theirs))
+            everything = {t.id for t in (*ours, *theirs)}
+            for name, instance in (("first", backend), ("second", other)):
+                listed = {t.id for t in (await instance.list(workflow="wf", limit=100)).tasks}
+                missing = everything - listed
+                assert not missing, (
+                    f"{len(missing)} of {len(everything)} tasks created concurrently through two "
+                    f"instances of one storage are missing when listed through the {name}: one "
+                    "instance's writes overwrite or hide the other's (each must write to the "
+                    "shared storage, not to a copy of it)"
+                )
+                for task_id in everything:
+                    assert await instance.get(task_id) is not None, (
+                        f"task {task_id} created through one instance cannot be read through the {name}"
+                    )
+
+    @asyncio_check
+    async def test_idempotent_creates_racing_on_two_instances_have_one_winner(self, backend: Any) -> None:
+        self.require("shared")
+        async with self.second_instance(backend) as other:
+            instances = (backend, other)
+            stored = await asyncio.gather(*(
+                instances[n % 2].create(self.make_task(body=str(n).encode(), idempotency_key="race"))
+                for n in range(20)
+            ))
+            winners = {s.id for s in stored}
+            assert len(winners) == 1, (
+                f"20 creates with one idempotency key, raced through two instances of one storage, "
+                f"stored {len(winners)} different tasks; exactly one may win"
+            )
+            for instance in instances:
+                listed = [t.id for t in (await instance.list(workflow="wf")).tasks]
+                assert listed == sorted(winners), f"listed {listed} instead of the one winner"
+
+    @asyncio_check
+    async def test_updates_of_one_version_racing_on_two_instances_have_one_winner(self, backend: Any) -> None:
+        self.require("shared")
+        created = await backend.create(self.make_task())
+        async with self.second_instance(backend) as other:
+            instances = (backend, other)
+            outcomes = await asyncio.gather(
+                *(instances[n % 2].update(created.evolve(step=n), 1) for n in range(1, 21)),
+                return_exceptions=True,
+            )
+            winners = [o for o in outcomes if isinstance(o, Task)]
+            assert len(winners) == 1, (
+                f"20 updates of version 1, raced through two instances of one storage: {len(winners)} "
+                "succeeded; the compare-and-set must let exactly one win across processes"
+            )
+            stored = await other.get(created.id)
+        assert stored is not None
+        assert (stored.version, stored.step) == (2, winners[0].step)
+
+    @asyncio_check
     async def test_open_and_close_are_safe_to_repeat(self, backend: Any) -> None:
         await backend.open()  # already open: a no-op
         reopened = await self.reopen(backend)

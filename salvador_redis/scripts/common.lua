@@ -35,10 +35,15 @@ local function delay(base, id, due)
   end
 end
 
--- Queue `id` (ready now, or delayed by `delay_ms`) unless it is queued, delayed or leased.
+-- Queue `id` (ready now, or delayed by `delay_ms`) unless it is queued, leased, or
+-- delayed until no later than that: a delayed entry is moved earlier, never later.
 local function enqueue(base, id, delay_ms, now)
   if redis.call('HSETNX', base .. 'queued', id, 0) == 0 then
-    return 0
+    local due = redis.call('ZSCORE', base .. 'delayed', id)
+    if not due or tonumber(due) <= now + math.max(delay_ms, 0) then
+      return 0
+    end
+    redis.call('ZREM', base .. 'delayed', id)
   end
   if delay_ms > 0 then
     delay(base, id, now + delay_ms)

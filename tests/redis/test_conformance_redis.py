@@ -11,9 +11,16 @@ from salvador_redis import RedisBackend
 
 
 class TestRedisConformance(BackendConformance):
-    capabilities = frozenset({"atomic", "durable"})
+    capabilities = frozenset({"atomic", "durable", "shared"})
 
     @pytest_asyncio.fixture
     async def backend(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
+        self.url = redis_url  # for open_second_instance
         async with RedisBackend.from_url(redis_url, prefix=redis_prefix) as backend:
             yield backend
+
+    async def open_second_instance(self, backend: RedisBackend) -> RedisBackend:
+        """Its own connections to the same server and prefix, as a second process has."""
+        other = RedisBackend.from_url(self.url, prefix=backend.prefix)
+        await other.open()
+        return other

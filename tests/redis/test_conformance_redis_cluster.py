@@ -17,9 +17,16 @@ from salvador_redis import RedisBackend
 
 
 class TestRedisClusterConformance(BackendConformance):
-    capabilities = frozenset({"atomic", "durable", "cluster"})
+    capabilities = frozenset({"atomic", "durable", "shared", "cluster"})
 
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: RedisCluster) -> AsyncIterator[RedisBackend]:
-        async with RedisBackend.from_url(redis_cluster.url(unique("conf:"))) as backend:
+        self.url = redis_cluster.url(unique("conf:"))  # for open_second_instance
+        async with RedisBackend.from_url(self.url) as backend:
             yield backend
+
+    async def open_second_instance(self, backend: RedisBackend) -> RedisBackend:
+        """Its own cluster connections to the same nodes and prefix, as a second process has."""
+        other = RedisBackend.from_url(self.url)
+        await other.open()
+        return other
