@@ -23,10 +23,15 @@ from salvador_core.errors import (
     TaskNotFoundError,
     UnknownWorkflowError,
 )
-from salvador_core.protocols import Backend, TaskQueue, TaskStore
+from salvador_core.observe import LoggingObserver, Observer
+from salvador_core.protocols import Backend, TaskQueue, TaskStore, TransactionalSubmit
 from salvador_core.retry import NO_RETRY, RetryPolicy
+from salvador_core.run import ActiveRun
+from salvador_core.settings import Settings, load_object
+from salvador_core.split import SplitBackend
 from salvador_core.task import (
     Claim,
+    DeadLetter,
     Page,
     RecordVersionError,
     Task,
@@ -41,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY",
+    "ActiveRun",
     "Backend",
     "BackendNotOpenError",
     "BackendUnavailableError",
@@ -48,14 +54,19 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "CorruptRecordError",
+    "DeadLetter",
     "Engine",
     "InvalidStateError",
     "LeaseLostError",
+    "LoggingObserver",
+    "Observer",
     "Page",
     "PayloadTooLargeError",
     "RecordVersionError",
     "RetryPolicy",
     "SalvadorError",
+    "Settings",
+    "SplitBackend",
     "StepCancelledError",
     "StepContext",
     "StepResultError",
@@ -66,10 +77,12 @@ __all__ = [
     "TaskQueue",
     "TaskStatus",
     "TaskStore",
+    "TransactionalSubmit",
     "UnknownWorkflowError",
     "Workflow",
     "connect",
     "decode_task",
     "encode_task",
+    "load_object",
     "redact_url",
 ]

@@ -1,10 +1,39 @@
-"""Typed errors. Every message says what went wrong and what to do about it."""
+"""Every error salvador raises on purpose, in one tree. Each message says what went wrong
+and what to do about it.
+
+```
+SalvadorError
+├── ConfigurationError        a URL, option or installation to fix before anything runs
+│   └── BackendNotOpenError   a backend used before it was opened
+├── BackendUnavailableError   the server cannot be reached or stopped answering   (retryable)
+├── ConflictError             a fenced write lost: another writer changed the task first
+├── LeaseLostError            a claim's lease expired or was taken over
+├── TaskNotFoundError         no such task (never created, discarded or purged)
+├── UnknownWorkflowError      a workflow name this engine does not know
+├── InvalidStateError         an operation that does not apply to the task's status
+├── CorruptRecordError        a stored record that cannot be decoded (raw bytes kept)
+├── RecordVersionError        a record written by a newer salvador
+├── PayloadTooLargeError      a body or step result over the size limit
+├── StepResultError           a step result that cannot be stored as JSON
+├── StepTimeoutError          a step overran its timeout                          (retryable)
+└── StepCancelledError        the task was cancelled while the step ran
+```
+
+`retryable` (a class attribute) says whether trying the same thing again later can succeed:
+the engine's claim loop backs off and retries what is retryable. Inside a step, whatever the
+step's own code raises, a `SalvadorError` from a call it made included, follows the step's
+`RetryPolicy`; `retryable` does not override the policy. Driver errors (redis-py, sqlite3,
+...) are mapped to these at each backend's boundary, never passed through raw.
+"""
 
 from __future__ import annotations
 
 
 class SalvadorError(Exception):
     """Base class of every error salvador raises on purpose."""
+
+    #: Whether doing the same thing again later can succeed.
+    retryable: bool = False
 
 
 class ConfigurationError(SalvadorError):
@@ -20,6 +49,12 @@ class BackendNotOpenError(ConfigurationError):
             "engine.open()`, or `async with backend:` for a backend used on its own) before "
             "submitting or reading tasks"
         )
+
+
+class BackendUnavailableError(SalvadorError):
+    """The backend server cannot be reached or stopped answering."""
+
+    retryable = True
 
 
 class ConflictError(SalvadorError):
@@ -75,10 +110,6 @@ class InvalidStateError(SalvadorError):
     """An operation does not apply to the task in its current status."""
 
 
-class BackendUnavailableError(SalvadorError):
-    """The backend server cannot be reached or stopped answering."""
-
-
 class CorruptRecordError(SalvadorError):
     """A stored record cannot be decoded; it is preserved, never dropped."""
 
@@ -89,6 +120,18 @@ class CorruptRecordError(SalvadorError):
         super().__init__(
             f"task {task_id}: stored record cannot be read ({reason}). The engine dead-letters "
             "it with the raw bytes kept as its body; inspect it with engine.dead_letters()."
+        )
+
+
+class RecordVersionError(SalvadorError):
+    """A record was written by a newer salvador; this worker leaves it for a newer one."""
+
+    def __init__(self, task_id: str, found: int, understood: int = 1) -> None:
+        self.task_id = task_id
+        self.found = found
+        super().__init__(
+            f"task {task_id}: record format {found} is newer than this salvador understands "
+            f"({understood}); upgrade salvador on this worker."
         )
 
 
@@ -111,6 +154,8 @@ class StepResultError(SalvadorError):
 
 class StepTimeoutError(SalvadorError):
     """A step ran longer than its `timeout`; the attempt counts as failed."""
+
+    retryable = True
 
 
 class StepCancelledError(SalvadorError):

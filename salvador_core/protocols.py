@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from salvador_core.task import Claim, Page, Task, TaskStatus
 
@@ -130,11 +130,14 @@ class TaskQueue(Protocol):
 
 @runtime_checkable
 class Backend(TaskStore, TaskQueue, Protocol):
-    """A store and queue in one backend, which can make two-part transitions atomic."""
+    """A store and queue in one backend, which can make two-part transitions atomic.
 
-    #: The largest body or step result this backend stores, or None for no limit of its
-    #: own. The engine enforces the smaller of this and its own `max_payload_bytes`.
-    max_payload_bytes: int | None
+    Whether the engine uses these depends only on the three methods (with the two
+    protocols'): nothing else can switch the atomic path off. Any store may also declare
+    `max_payload_bytes` (an int, or None for no limit of its own): the engine then enforces
+    the smaller of it and its own limit. Anything that is not a `Backend` is composed into
+    one by `salvador_core.split.SplitBackend`.
+    """
 
     async def submit(self, task: Task) -> Task:
         """`create` and `enqueue` in one atomic step (nothing is enqueued for a duplicate).
@@ -165,3 +168,15 @@ class Backend(TaskStore, TaskQueue, Protocol):
         for good; if the lease was lost meanwhile the record is written all the same and no
         error is raised: whoever holds the new lease finds a terminal task and acks it.
         """
+
+
+@runtime_checkable
+class TransactionalSubmit(Protocol):
+    """Optional: store a task on the caller's own connection, inside its open transaction
+    (the outbox pattern). `Engine.submit(..., connection=conn)` uses it; the core protocols
+    above know nothing of connections."""
+
+    async def submit_in(self, connection: Any, task: Task) -> Task:
+        """As `Backend.submit`, but written through `connection` in its current transaction:
+        the task exists, and is delivered, only if that transaction commits (workers are
+        woken when it does). Raises `TypeError` for a connection of a kind it cannot use."""

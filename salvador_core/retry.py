@@ -12,7 +12,7 @@ class RetryPolicy:
 
     `max_attempts` counts every try, the first included; a worker that dies mid-step also
     uses up an attempt, so a step that kills its worker every time is dead-lettered
-    (`worker_lost`) instead of being delivered forever. The delay before attempt n+1 is
+    (`worker-lost`) instead of being delivered forever. The delay before attempt n+1 is
     `initial_delay * multiplier**(n-1)`, capped at `max_delay`, then spread by +/- `jitter`
     (a fraction) so that many tasks failing together do not retry together.
 

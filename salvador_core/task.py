@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from salvador_core.errors import CorruptRecordError, PayloadTooLargeError, SalvadorError
+from salvador_core.errors import CorruptRecordError, PayloadTooLargeError
+from salvador_core.errors import RecordVersionError as RecordVersionError  # re-exported
 
 #: Format version written into every stored record. Readers refuse newer ones.
 RECORD_FORMAT = 1
@@ -50,16 +51,40 @@ TERMINAL_STATUSES = frozenset(
 DEAD_LETTER_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.COMPENSATED})
 
 
-class RecordVersionError(SalvadorError):
-    """A record was written by a newer salvador; this worker leaves it for a newer one."""
+class DeadLetter(str, Enum):
+    """Why a task failed for good: `task.dead_letter`. A str, so `task.dead_letter ==
+    "step-failed"` holds; records written before the spelling was settled (`worker_lost`)
+    read as the same member."""
 
-    def __init__(self, task_id: str, found: int) -> None:
-        self.task_id = task_id
-        self.found = found
-        super().__init__(
-            f"task {task_id}: record format {found} is newer than this salvador understands "
-            f"({RECORD_FORMAT}); upgrade salvador on this worker."
-        )
+    STEP_FAILED = "step-failed"
+    WORKER_LOST = "worker-lost"
+    COMPENSATION_FAILED = "compensation-failed"
+    CORRUPT_RECORD = "corrupt-record"
+    UNKNOWN_WORKFLOW = "unknown-workflow"
+    WORKFLOW_CHANGED = "workflow-changed"
+    INTERNAL_ERROR = "internal-error"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> DeadLetter | None:
+        if isinstance(value, str):
+            spelled = value.replace("_", "-")
+            for member in cls:
+                if member.value == spelled:
+                    return member
+        return None
+
+
+def dead_letter_of(value: object) -> DeadLetter | str | None:
+    """A stored reason as a `DeadLetter`; an unknown one (from a newer salvador) stays a str."""
+    if value is None:
+        return None
+    try:
+        return DeadLetter(value)
+    except ValueError:
+        return str(value)
 
 
 def utcnow() -> datetime:
@@ -279,7 +304,7 @@ def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
         raise CorruptRecordError(task_id, "record is not a JSON object", raw_bytes)
     fmt = d.get("format")
     if isinstance(fmt, int) and fmt > RECORD_FORMAT:
-        raise RecordVersionError(task_id, fmt)
+        raise RecordVersionError(task_id, fmt, RECORD_FORMAT)
     try:
         if fmt != RECORD_FORMAT:
             raise ValueError(f"unknown record format {fmt!r}")
@@ -301,7 +326,7 @@ def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
             "version": int(d["version"]),
             "owner": d.get("owner"),
             "cancel_requested": bool(d.get("cancel_requested", False)),
-            "dead_letter": d.get("dead_letter"),
+            "dead_letter": dead_letter_of(d.get("dead_letter")),
             "compensated": tuple(d.get("compensated", ())),
         }
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
@@ -323,7 +348,7 @@ def quarantine_task(task_id: str, workflow: str, raw: bytes, reason: str) -> Tas
         body=raw,
         status=TaskStatus.FAILED,
         error=TaskError(type="salvador.CorruptRecord", message=reason, step=None, attempt=0),
-        dead_letter="corrupt-record",
+        dead_letter=DeadLetter.CORRUPT_RECORD,
         created_at=now,
         updated_at=now,
         meta={"salvador.quarantined": "raw record kept as body"},

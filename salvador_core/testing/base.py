@@ -316,15 +316,15 @@ def _claim_state(engine: Engine, task_id: str) -> str:
     """The leases this engine's runs hold on `task_id` (the queue itself cannot be read
     without changing it: a claim would take the task)."""
     held = []
-    for run in list(getattr(engine, "_runs", ())):
-        claim = getattr(run, "claim", None)
-        if not isinstance(claim, Claim) or claim.task_id != task_id:
+    for run in engine.active_runs():
+        claim = run.claim
+        if claim.task_id != task_id:
             continue
         left = claim.deadline - time.time()
         lease = f"lease ends in {left:.2f}s" if left > 0 else f"lease ran out {-left:.2f}s ago"
-        stopping = getattr(run, "stop_reason", None)
+        stopping = run.stopping
         held.append(
-            f"run {getattr(run, 'owner', '?')} holds delivery {claim.deliveries}, {lease}"
+            f"run {run.owner} holds delivery {claim.deliveries}, {lease}"
             + (f", stopping ({stopping})" if stopping else "")
         )
     if not held:

@@ -153,8 +153,8 @@ class EngineChecks(ConformanceBase):
 
         async def find() -> Claim | None:
             task = await engine.get_task(task_id)
-            for run in list(engine._runs):
-                if task is not None and run.claim.task_id == task_id and run.owner == task.owner:
+            for run in engine.active_runs():
+                if task is not None and run.task_id == task_id and run.owner == task.owner:
                     return run.claim
             return None
 
@@ -1339,7 +1339,7 @@ class EngineChecks(ConformanceBase):
             task = await self.settled(eng, tid)
         assert attempts == [1, 2, 3]
         assert task.status is TaskStatus.FAILED
-        assert task.dead_letter == "worker_lost"
+        assert task.dead_letter == "worker-lost"
         assert task.error is not None
         assert task.error.step == "poison"
 
