@@ -475,7 +475,7 @@ class RedisSetup(BackendSetup):
         try:
             import redis.asyncio as aioredis
         except ImportError:
-            return "redis-py not installed (pip install 'salvador[redis]')"
+            return "redis-py not installed (pip install 'salvador-workflows[redis]')"
         client = aioredis.Redis(
             host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2, max_connections=200
         )

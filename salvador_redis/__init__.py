@@ -1,6 +1,6 @@
 """salvador on Redis: `redis://` and `rediss://` URLs, or `RedisBackend(client=...)`.
 
-Install with `pip install 'salvador[redis]'` (add `hiredis` for faster replies). See
+Install with `pip install 'salvador-workflows[redis]'` (add `hiredis` for faster replies). See
 docs/backends/redis.md for the key layout, the scripts and their guarantees.
 """
 

@@ -59,14 +59,25 @@ def test_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPat
         return [ep for ep in real(group=group) if ep.name != "redis"] + [broken]
 
     monkeypatch.setattr(config_module, "entry_points", with_broken)
-    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador-workflows\[redis\]'"):
         connect("redis://localhost:6379/0")
 
 
 def test_scheme_we_ship_but_not_installed_gets_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_module, "entry_points", lambda group: [])
-    with pytest.raises(ConfigurationError, match=r"pip install 'salvador\[redis\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'salvador-workflows\[redis\]'"):
         connect("rediss://127.0.0.1:6380")
+
+
+def test_third_party_scheme_with_a_missing_driver_names_its_own_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broken = EntryPoint(name="acme", value="acme_no_such_module:Backend", group="salvador.backends")
+    monkeypatch.setattr(config_module, "entry_points", lambda group: [broken])
+    with pytest.raises(ConfigurationError, match=r"acme:// backend cannot load its driver") as info:
+        connect("acme://somewhere")
+    assert "salvador-workflows[" not in str(info.value)
+    assert "acme_no_such_module" in str(info.value)
 
 
 @pytest.mark.parametrize("url", ["postgresql://u@localhost/db", "nats://127.0.0.1:4222"])
