@@ -21,12 +21,12 @@ import pytest
 import pytest_asyncio
 import redis
 import redis.cluster
-from servers import RedisCluster, RedisServer, ServerFactory, command, free_port, unique
 
 from salvador_core import ConfigurationError, Engine, Workflow
 from salvador_core.errors import BackendUnavailableError
 from salvador_core.task import Task, TaskStatus, new_task_id, utcnow
 from salvador_redis import RedisBackend
+from tests.helpers.redis_servers import RedisCluster, RedisServer, ServerFactory, command, free_port, unique
 
 pytestmark = pytest.mark.asyncio
 

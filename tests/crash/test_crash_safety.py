@@ -1,6 +1,6 @@
 """Crash safety across real OS processes on the embedded default (SQLite).
 
-Workers are separate processes (tests/worker_app.py) that are SIGKILLed, SIGSTOPped and
+Workers are separate processes (tests/helpers/worker_app.py) that are SIGKILLed, SIGSTOPped and
 SIGCONTed for real; what ran is counted from side effects the steps leave in a shared
 log, not from the engine's own bookkeeping.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,10 +17,8 @@ import pytest
 import pytest_asyncio
 
 from salvador_core import Engine, Task, TaskStatus
-
-sys.path.insert(0, str(Path(__file__).parent))
-from worker_app import build
-from workers import Workers, effect_lines, effects, wait_for
+from tests.helpers.worker_app import build
+from tests.helpers.workers import Workers, effect_lines, effects, wait_for
 
 
 @pytest.fixture

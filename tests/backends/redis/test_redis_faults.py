@@ -4,14 +4,13 @@ hostile names and tenant prefixes on a real 3-master cluster, and claim cost at 
 
 Every server here is private (free port, tmp dir, killed by PID); the shared Redis on 6379
 is never touched. What ran is counted from the side effects the steps append to a log
-(tests/worker_app.py), not from the engine's own records.
+(tests/helpers/worker_app.py), not from the engine's own records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,13 +19,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from servers import RedisCluster, RedisServer, ServerFactory, command, unique
 
 from salvador_core import ConfigurationError, Engine, Task, TaskStatus
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from worker_app import build
-from workers import Workers, count_of, effects, wait_for
+from tests.helpers.redis_servers import RedisCluster, RedisServer, ServerFactory, command, unique
+from tests.helpers.worker_app import build
+from tests.helpers.workers import Workers, count_of, effects, wait_for
 
 #: Figures measured while the tests run, printed at the end of the session (-s) or kept
 #: for the report in `pytest -rA` output via the test's own prints.

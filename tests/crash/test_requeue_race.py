@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,9 +32,7 @@ from salvador_core.backends.sqlite import SQLiteBackend
 from salvador_core.errors import LeaseLostError
 from salvador_core.protocols import Backend
 from salvador_core.task import Task, new_task_id, utcnow
-
-sys.path.insert(0, str(Path(__file__).parent / "redis"))
-from servers import delete_prefix, shared_redis_url, unique
+from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
 
 pytestmark = pytest.mark.asyncio
 

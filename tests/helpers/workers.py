@@ -1,4 +1,4 @@
-"""The test side of fault injection: start worker processes (tests/worker_app.py), kill or
+"""The test side of fault injection: start worker processes (tests/helpers/worker_app.py), kill or
 pause them, and count what their steps really did from the side-effect log they share."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A worker process keeps going, and stops when told, whatever its steps do.
 
-Each test runs real worker processes (tests/worker_app.py) on SQLite and on Redis: steps
+Each test runs real worker processes (tests/helpers/worker_app.py) on SQLite and on Redis: steps
 that call `sys.exit()`, raise `KeyboardInterrupt` or `CancelledError`, sync steps that ignore
 cancellation or overrun their timeout, and an idle worker with a long `poll_interval`.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,12 +18,9 @@ import pytest
 import pytest_asyncio
 
 from salvador_core import Engine, Task, TaskStatus
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "redis"))
-from servers import delete_prefix, shared_redis_url, unique
-from worker_app import build
-from workers import Workers, count_of, wait_for
+from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
+from tests.helpers.worker_app import build
+from tests.helpers.workers import Workers, count_of, wait_for
 
 
 @pytest.fixture

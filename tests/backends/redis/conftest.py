@@ -8,14 +8,17 @@ servers (`redis_server_factory`, `redis_cluster`) come from servers.py.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import delete_prefix, redis_cluster, redis_server_factory, shared_redis_url, unique
+from tests.helpers.redis_servers import (
+    delete_prefix,
+    redis_cluster,
+    redis_server_factory,
+    shared_redis_url,
+    unique,
+)
 
 __all__ = ["redis_cluster", "redis_server_factory"]  # fixtures, used by name
 

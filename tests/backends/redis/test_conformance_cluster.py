@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from servers import RedisCluster, unique
 
 from salvador_core.testing import BackendConformance
 from salvador_redis import RedisBackend
+from tests.helpers.redis_servers import RedisCluster, unique
 
 
 class TestRedisClusterConformance(BackendConformance):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from custom_store import DictBackend
 
 from salvador_core.testing import BackendConformance
+from tests.helpers.custom_store import DictBackend
 
 
 class TestCustomStoreConformance(BackendConformance):

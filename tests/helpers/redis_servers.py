@@ -5,7 +5,7 @@ Fault tests kill and restart servers, so they never touch the shared Redis on 63
 AOF and cluster config live there, so a restart on the same port and directory finds its
 data again). `RedisCluster` is three such processes joined into a 3-master cluster.
 
-Test modules import the fixtures they use from here (`from servers import ...`): this
+Test modules import the fixtures they use from here (`from tests.helpers.redis_servers import ...`): this
 directory's conftest.py belongs to the Redis backend's own tests.
 
 `redis-server` missing: the tests are skipped, unless `SALVADOR_REQUIRE_BACKENDS=1`, which
