@@ -509,23 +509,6 @@ class RedisBackend:
         _check_write(reply, task.id, expected_version)
         return stored
 
-    # -- test back doors (used by the conformance suite) ----------------------------------
-
-    @_guarded
-    async def write_raw(self, task_id: str, raw: bytes) -> None:
-        """Overwrite a stored record's data with arbitrary bytes (corrupt-record tests)."""
-        workflow = await self._workflow(task_id)
-        if workflow is None:
-            raise KeyError(f"no task {task_id!r} to overwrite; create it first")
-        await self._exec("HSET", self._base(workflow) + "t:" + task_id, "data", raw)
-
-    @_guarded
-    async def expire_lease(self, task_id: str) -> None:
-        """Make the current lease on `task_id` expire now (no-op without a lease)."""
-        workflow = await self._workflow(task_id)
-        if workflow is not None:
-            await self._exec("ZADD", self._base(workflow) + "leases", "XX", 0, task_id)
-
     # -- internals ----------------------------------------------------------------------
 
     @property

@@ -266,18 +266,6 @@ class MemoryBackend:
             self._deliveries.pop(claim.task_id, None)
         return stored
 
-    # -- test back doors (used by the conformance suite) ----------------------------------
-
-    def write_raw(self, task_id: str, raw: bytes) -> None:
-        """Overwrite a record with arbitrary bytes (to test corrupt-record handling)."""
-        self._records[task_id] = raw
-        self._versions.pop(task_id, None)
-
-    def expire_lease(self, task_id: str) -> None:
-        """Make the current lease on `task_id` expire now."""
-        if task_id in self._leases:
-            self._leases[task_id].deadline = 0.0
-
     # -- internals ----------------------------------------------------------------------
 
     def _schedule(self, workflow: str, task_id: str, delay: float) -> None:

@@ -533,20 +533,6 @@ class SQLiteBackend:
         await self._run(self._fenced_sync, _SETTLE, params, task.id, expected_version)
         return stored
 
-    # -- test back doors (used by the conformance suite) ----------------------------------
-
-    async def write_raw(self, task_id: str, raw: bytes) -> None:
-        """Overwrite a record with arbitrary bytes (to test corrupt-record handling)."""
-        sql = "UPDATE tasks SET record = ? WHERE id = ? AND record IS NOT NULL"
-        if not await self._run(self._execute_sync, sql, (raw, task_id)):
-            raise ValueError(f"no task {task_id!r} to overwrite")
-
-    async def expire_lease(self, task_id: str) -> None:
-        """Make the current lease on `task_id` expire now."""
-        sql = "UPDATE tasks SET q_due = 0 WHERE id = ? AND q_receipt IS NOT NULL RETURNING q_workflow"
-        for (workflow,) in await self._run(self._rows_sync, sql, (task_id,)):
-            self._announce(workflow)
-
     # -- running on the database thread ---------------------------------------------------
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:

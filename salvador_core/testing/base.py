@@ -3,10 +3,12 @@
 A backend author subclasses `BackendConformance` (or one of `StoreChecks`, `QueueChecks`,
 `EngineChecks`) and provides one async fixture, `backend`, yielding a fresh, opened,
 isolated instance. The suite then injects faults through two back doors instead of
-sleeping: `corrupt_record` and `expire_lease`. By default they call the backend's own
-`write_raw(task_id, raw)` and `expire_lease(task_id)` methods (sync or async); a backend
-without them overrides the two methods on its test class. They are not optional: a check
-that needs a missing back door fails and says what to add.
+sleeping: `corrupt_record` and `expire_lease`, methods of the test class. A method that
+corrupts data should not ship on a production backend, so the backends salvador ships give
+theirs as test-class mixins (`salvador_core.testing.hooks`, `salvador_redis.testing`); the
+defaults call `write_raw(task_id, raw)` and `expire_lease(task_id)` methods of the backend
+(sync or async), for test-only backends that have them. They are not optional: a check that
+needs a missing back door fails and says what to add.
 
 A backend declaring `durable` or `shared` also overrides `open_second_instance`: the
 checks of those capabilities open a second, independent instance on the same storage

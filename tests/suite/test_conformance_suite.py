@@ -18,6 +18,7 @@ import pytest
 from salvador_core import Claim, LeaseLostError, Task, TaskStatus
 from salvador_core.backends.memory import MemoryBackend, _Lease
 from salvador_core.testing import BackendConformance, QueueChecks, StoreChecks
+from salvador_core.testing.hooks import MemoryHooks
 
 
 def test_a_subclass_cannot_override_a_check() -> None:
@@ -142,15 +143,15 @@ for _name in (
     setattr(LastWriterWins, _name, _then_save(_name))
 
 
-class Store(StoreChecks):
+class Store(MemoryHooks, StoreChecks):
     capabilities = frozenset({"atomic"})
 
 
-class Queue(QueueChecks):
+class Queue(MemoryHooks, QueueChecks):
     capabilities = frozenset({"atomic"})
 
 
-class SharedStore(StoreChecks):
+class SharedStore(MemoryHooks, StoreChecks):
     """Store checks for a file-backed broken backend, with its second instance hook."""
 
     capabilities = frozenset({"atomic", "durable", "shared"})
@@ -161,7 +162,7 @@ class SharedStore(StoreChecks):
         return other
 
 
-class SharedQueue(QueueChecks):
+class SharedQueue(MemoryHooks, QueueChecks):
     capabilities = frozenset({"atomic", "shared"})
 
     async def open_second_instance(self, backend: KeptInAFile) -> KeptInAFile:
@@ -184,14 +185,14 @@ class SameObject:
         return None
 
 
-class SameObjectStore(StoreChecks):
+class SameObjectStore(MemoryHooks, StoreChecks):
     capabilities = frozenset({"atomic", "durable", "shared"})
 
     async def open_second_instance(self, backend: MemoryBackend) -> SameObject:
         return SameObject(backend)
 
 
-class SameObjectQueue(QueueChecks):
+class SameObjectQueue(MemoryHooks, QueueChecks):
     capabilities = frozenset({"atomic", "shared"})
 
     async def open_second_instance(self, backend: MemoryBackend) -> SameObject:

@@ -8,9 +8,10 @@ import pytest_asyncio
 
 from salvador_core.backends.memory import MemoryBackend
 from salvador_core.testing import BackendConformance
+from salvador_core.testing.hooks import MemoryHooks
 
 
-class TestMemoryConformance(BackendConformance):
+class TestMemoryConformance(MemoryHooks, BackendConformance):
     capabilities = frozenset({"atomic"})
 
     @pytest_asyncio.fixture

@@ -8,19 +8,14 @@ import pytest_asyncio
 
 from salvador_core.testing import BackendConformance
 from salvador_redis import RedisBackend
+from salvador_redis.testing import RedisHooks
 
 
-class TestRedisConformance(BackendConformance):
+class TestRedisConformance(RedisHooks, BackendConformance):
     capabilities = frozenset({"atomic", "durable", "shared"})
 
     @pytest_asyncio.fixture
     async def backend(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
-        self.url = redis_url  # for open_second_instance
+        self.redis_url = redis_url  # for open_second_instance
         async with RedisBackend.from_url(redis_url, prefix=redis_prefix) as backend:
             yield backend
-
-    async def open_second_instance(self, backend: RedisBackend) -> RedisBackend:
-        """Its own connections to the same server and prefix, as a second process has."""
-        other = RedisBackend.from_url(self.url, prefix=backend.prefix)
-        await other.open()
-        return other

@@ -13,20 +13,15 @@ import pytest_asyncio
 
 from salvador_core.testing import BackendConformance
 from salvador_redis import RedisBackend
+from salvador_redis.testing import RedisHooks
 from tests.helpers.redis_servers import RedisCluster, unique
 
 
-class TestRedisClusterConformance(BackendConformance):
+class TestRedisClusterConformance(RedisHooks, BackendConformance):
     capabilities = frozenset({"atomic", "durable", "shared", "cluster"})
 
     @pytest_asyncio.fixture
     async def backend(self, redis_cluster: RedisCluster) -> AsyncIterator[RedisBackend]:
-        self.url = redis_cluster.url(unique("conf:"))  # for open_second_instance
-        async with RedisBackend.from_url(self.url) as backend:
+        self.redis_url = redis_cluster.url(unique("conf:"))  # for open_second_instance
+        async with RedisBackend.from_url(self.redis_url) as backend:
             yield backend
-
-    async def open_second_instance(self, backend: RedisBackend) -> RedisBackend:
-        """Its own cluster connections to the same nodes and prefix, as a second process has."""
-        other = RedisBackend.from_url(self.url)
-        await other.open()
-        return other

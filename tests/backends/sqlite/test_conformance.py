@@ -9,9 +9,10 @@ import pytest_asyncio
 
 from salvador_core.backends.sqlite import SQLiteBackend
 from salvador_core.testing import BackendConformance
+from salvador_core.testing.hooks import SQLiteHooks
 
 
-class TestSQLiteConformance(BackendConformance):
+class TestSQLiteConformance(SQLiteHooks, BackendConformance):
     capabilities = frozenset({"atomic", "durable", "shared"})
 
     @pytest_asyncio.fixture
@@ -19,8 +20,3 @@ class TestSQLiteConformance(BackendConformance):
         async with SQLiteBackend.from_url(f"sqlite:///{tmp_path / 't.db'}") as backend:
             yield backend
 
-    async def open_second_instance(self, backend: SQLiteBackend) -> SQLiteBackend:
-        """Another connection (and database thread) on the same file, as a second process has."""
-        other = SQLiteBackend(backend.path)
-        await other.open()
-        return other
