@@ -18,7 +18,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from salvador_core.errors import BackendNotOpenError, ConflictError, LeaseLostError
+from salvador_core.errors import (
+    BackendNotOpenError,
+    ConflictError,
+    CorruptRecordError,
+    LeaseLostError,
+    RecordVersionError,
+)
 from salvador_core.task import (
     Claim,
     Page,
@@ -50,6 +56,7 @@ class MemoryBackend:
         # written around it (the corrupt-record back door) has none and is decoded.
         self._versions: dict[str, int] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # task id -> its idempotency key, for delete
         self._ready: dict[str, deque[str]] = {}
         self._delayed: dict[str, list[tuple[float, str]]] = {}
         self._leases: dict[str, _Lease] = {}
@@ -95,7 +102,9 @@ class MemoryBackend:
         self._records[task.id] = encode_task(stored)
         self._versions[task.id] = 1
         if task.idempotency_key is not None:
-            self._idempotency[(task.workflow, task.idempotency_key)] = task.id
+            key = (task.workflow, task.idempotency_key)
+            self._idempotency[key] = task.id
+            self._keys[task.id] = key
         return stored
 
     async def get(self, task_id: str) -> Task | None:
@@ -134,8 +143,8 @@ class MemoryBackend:
                 continue
             try:
                 task = decode_task(self._records[task_id], task_id)
-            except Exception:
-                continue
+            except (CorruptRecordError, RecordVersionError):
+                continue  # the protocol: skipped here, dead-lettered (or left) when claimed
             if workflow is not None and task.workflow != workflow:
                 continue
             if wanted is not None and task.status not in wanted:
@@ -154,7 +163,9 @@ class MemoryBackend:
             return False
         self._versions.pop(task_id, None)
         self._drop_from_queue(task_id)
-        self._idempotency = {k: v for k, v in self._idempotency.items() if v != task_id}
+        key = self._keys.pop(task_id, None)
+        if key is not None and self._idempotency.get(key) == task_id:
+            del self._idempotency[key]
         return True
 
     async def purge(self, *, older_than: datetime, statuses: Iterable[TaskStatus]) -> int:
@@ -164,8 +175,8 @@ class MemoryBackend:
         for task_id, raw in self._records.items():
             try:
                 task = decode_task(raw, task_id)
-            except Exception:
-                continue
+            except (CorruptRecordError, RecordVersionError):
+                continue  # unreadable: its age and status are unknown, so it is kept
             if task.status in wanted and task.updated_at < older_than:
                 doomed.append(task_id)
         for task_id in doomed:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from salvador_core import BackendNotOpenError, ConfigurationError, Engine, Workflow, connect, redact_url
+from salvador_core import (
+    BackendNotOpenError,
+    ConfigurationError,
+    Engine,
+    SplitBackend,
+    Workflow,
+    connect,
+    redact_url,
+)
 from salvador_core import config as config_module
 from salvador_core.backends.memory import MemoryBackend
 
@@ -113,12 +121,24 @@ def test_sqlite_url_opens_a_file(tmp_path: Path) -> None:
     assert type(backend).__name__ == "SQLiteBackend"
 
 
-def test_engine_from_split_store_and_queue_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.asyncio
+async def test_engine_from_split_store_and_queue_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SALVADOR_URL", raising=False)
     monkeypatch.setenv("SALVADOR_STORE_URL", "memory://")
     monkeypatch.setenv("SALVADOR_QUEUE_URL", "memory://")
-    engine = Engine.from_url()
+    engine = Engine.from_url(workflows=[Workflow("w").step("s", lambda ctx: "ran")])
     assert engine.store is not engine.queue
+    assert isinstance(engine.backend, SplitBackend)
+    assert (engine.backend.store, engine.backend.queue) == (engine.store, engine.queue)
+    async with engine:
+        task_id = await engine.submit("w")
+        # Stored in the store, delivered through the queue, and nowhere else.
+        assert await engine.store.get(task_id) is not None
+        assert await engine.queue.get(task_id) is None  # type: ignore[attr-defined]
+        assert await engine.store.claim("w", lease=5, wait=0) is None  # type: ignore[attr-defined]
+        claim = await engine.queue.claim("w", lease=5, wait=0)
+        assert claim is not None
+        assert claim.task_id == task_id
 
 
 def test_engine_refuses_a_workflow_without_steps() -> None:
@@ -126,9 +146,18 @@ def test_engine_refuses_a_workflow_without_steps() -> None:
         Engine(MemoryBackend(), workflows=[Workflow("empty")])
 
 
-@pytest.mark.parametrize("option", [{"concurrency": 0}, {"lease": 0}, {"poll_interval": -1}])
-def test_engine_refuses_nonsense_settings(option: dict[str, float]) -> None:
-    with pytest.raises(ConfigurationError):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"concurrency": 0}, "concurrency must be a whole number of at least 1, got 0"),
+        ({"lease": 0}, "lease must be a number of seconds above 0, got 0"),
+        ({"poll_interval": -1}, "poll_interval must be a number of seconds above 0, got -1"),
+        ({"drain_timeout": float("inf")}, "drain_timeout must be a number of seconds, 0 or more"),
+        ({"retention": 0}, "retention must be a number of seconds above 0 or None"),
+    ],
+)
+def test_engine_refuses_nonsense_settings_naming_them(option: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
         Engine(MemoryBackend(), **option)  # type: ignore[arg-type]
 
 
