@@ -339,6 +339,12 @@ def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
     return task
 
 
+def next_version(task: Task, after: int) -> Task:
+    """`task` as a fenced write over version `after` stores it: version `after + 1`,
+    `updated_at` now. Every backend's update, requeue, settle and quarantine writes this."""
+    return task.evolve(version=after + 1, updated_at=utcnow())
+
+
 def quarantine_task(task_id: str, workflow: str, raw: bytes, reason: str) -> Task:
     """The failed, dead-lettered task that replaces an unreadable record, keeping its bytes."""
     now = utcnow()

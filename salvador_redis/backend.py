@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -37,7 +37,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from salvador_core.config import redact_url
+from salvador_core.config import UrlOptions, redact_url
 from salvador_core.errors import (
     BackendNotOpenError,
     BackendUnavailableError,
@@ -55,6 +55,7 @@ from salvador_core.task import (
     TaskStatus,
     decode_task,
     encode_task,
+    next_version,
     purge_statuses,
     statuses_of,
     utcnow,
@@ -403,7 +404,7 @@ class RedisBackend:
     @_guarded
     async def quarantine(self, task: Task) -> Task:
         """Overwrite an unreadable record without a version check."""
-        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        stored = next_version(task, task.version)
         data = _record(stored)
         await self._run(
             "quarantine", task.workflow,
@@ -633,7 +634,7 @@ class RedisBackend:
             return await self._exec(*command)
 
     def _encode_write(self, task: Task, expected_version: int) -> tuple[Task, bytes]:
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         return stored, _record(stored)
 
     def _claim(self, workflow: str, receipt: str, reply: builtins.list[Any]) -> Claim:
@@ -854,15 +855,8 @@ def _parse_url(url: str, options: Mapping[str, Any]) -> tuple[_Settings, str, fl
     path = parts.path.strip("/")
     if not path.isdigit() and path:
         raise bad(f"the path must be a database number such as /0, not /{path}")
-    query: dict[str, Any] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in query:
-            raise bad(f"option {key!r} is given twice")
-        query[key] = value
-    query.update(options)
-    unknown = set(query) - _OPTIONS
-    if unknown:
-        raise bad(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+    parsed = UrlOptions(url, parts.query, options, known=_OPTIONS, kind="Redis")
+    query = parsed.values
     tls = scheme == "rediss"
     if not tls and _TLS_OPTIONS & set(query):
         raise bad("TLS options need the rediss:// scheme")
@@ -874,7 +868,7 @@ def _parse_url(url: str, options: Mapping[str, Any]) -> tuple[_Settings, str, fl
         tls_options["ssl_cert_reqs"] = reqs
         if reqs == "none":
             tls_options["ssl_check_hostname"] = False
-    cluster = _flag(query.get("cluster", False), bad)
+    cluster = parsed.flag("cluster", False)
     db = int(path or 0)
     if cluster and db != 0:
         raise bad("Redis Cluster has only database 0")
@@ -888,43 +882,16 @@ def _parse_url(url: str, options: Mapping[str, Any]) -> tuple[_Settings, str, fl
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
         cluster=cluster,
-        socket_timeout=_seconds(query.get("socket_timeout", 10.0), "socket_timeout", bad),
-        socket_connect_timeout=_seconds(
-            query.get("socket_connect_timeout", 5.0), "socket_connect_timeout", bad
-        ),
-        max_connections=_count(query.get("max_connections", 256), "max_connections", bad),
+        socket_timeout=_seconds(parsed, "socket_timeout", 10.0),
+        socket_connect_timeout=_seconds(parsed, "socket_connect_timeout", 5.0),
+        max_connections=parsed.count("max_connections", 256),
         tls_options=tls_options,
     )
     prefix = query.get("prefix", DEFAULT_PREFIX)
-    return settings, prefix, None if retention is None else _seconds(retention, "retention", bad)
+    return settings, prefix, None if retention is None else _seconds(parsed, "retention", None)
 
 
-def _flag(value: Any, bad: Callable[[str], ConfigurationError]) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise bad(f"cluster must be true or false, not {value!r}")
-
-
-def _count(value: Any, name: str, bad: Callable[[str], ConfigurationError]) -> int:
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise bad(f"{name} must be a whole number, not {value!r}") from None
-    if count < 1:
-        raise bad(f"{name} must be at least 1, not {value!r}")
-    return count
-
-
-def _seconds(value: Any, name: str, bad: Callable[[str], ConfigurationError]) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise bad(f"{name} must be a number of seconds, not {value!r}") from None
-    if not seconds > 0 or math.isinf(seconds):
-        raise bad(f"{name} must be a number of seconds > 0, not {value!r}")
+def _seconds(options: UrlOptions, name: str, default: float | None) -> float:
+    seconds = options.seconds(name, default)
+    assert seconds is not None  # the default, or a value the user gave
     return seconds

@@ -11,6 +11,7 @@ in this testing module and never on the production class:
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from salvador_core.task import Claim
 from salvador_redis.backend import RedisBackend
@@ -36,6 +37,9 @@ class RedisHooks:
 
     async def open_second_instance(self, backend: RedisBackend) -> Any:
         """Its own connections to the same server and prefix, as a second process has."""
-        other = RedisBackend.from_url(self.redis_url, prefix=backend.prefix)
+        parts = urlsplit(self.redis_url)
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "prefix"])
+        url = urlunsplit(parts._replace(query=query))
+        other = RedisBackend.from_url(url, prefix=backend.prefix)
         await other.open()
         return other

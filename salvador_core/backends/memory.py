@@ -32,6 +32,7 @@ from salvador_core.task import (
     TaskStatus,
     decode_task,
     encode_task,
+    next_version,
     purge_statuses,
     statuses_of,
     utcnow,
@@ -122,7 +123,7 @@ class MemoryBackend:
             current = decode_task(raw, task.id).version
         if current != expected_version:
             raise ConflictError(task.id, expected_version, current)
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         self._records[task.id] = encode_task(stored)
         self._versions[task.id] = stored.version
         return stored
@@ -185,7 +186,7 @@ class MemoryBackend:
 
     async def quarantine(self, task: Task) -> Task:
         self._check_open()
-        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        stored = next_version(task, task.version)
         self._records[task.id] = encode_task(stored)
         self._versions[task.id] = stored.version
         return stored

@@ -90,8 +90,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
+from salvador_core.config import UrlOptions
 from salvador_core.errors import (
     BackendNotOpenError,
     BackendUnavailableError,
@@ -108,9 +109,9 @@ from salvador_core.task import (
     TaskStatus,
     decode_task,
     encode_task,
+    next_version,
     purge_statuses,
     statuses_of,
-    utcnow,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
@@ -323,22 +324,9 @@ class SQLiteBackend:
             )
         if parts.fragment:
             raise ConfigurationError(f"sqlite URL {url!r} has a #fragment; remove it (or percent-encode '#')")
-        settings: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
-            if key in settings:
-                raise ConfigurationError(f"sqlite URL option {key!r} is given twice in {url!r}")
-            settings[key] = value
-        for key, value in options.items():
-            if key in settings:
-                raise ConfigurationError(f"sqlite option {key!r} is given both in the URL and as a keyword")
-            settings[key] = value
-        unknown = sorted(set(settings) - set(_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown sqlite option(s) {unknown}; known: {', '.join(_OPTIONS)} "
-                "(e.g. sqlite:///salvador.db?synchronous=full&busy_timeout=10)"
-            )
-        return cls(path, **settings)
+        # Values are checked by __init__, which keyword users reach directly too.
+        settings = UrlOptions(url, parts.query, options, known=_OPTIONS, kind="sqlite")
+        return cls(path, **settings.values)
 
     def __repr__(self) -> str:
         state = "open" if self._thread is not None else "closed"
@@ -404,7 +392,7 @@ class SQLiteBackend:
         return await self._read(self._get_sync, task_id)
 
     async def update(self, task: Task, expected_version: int) -> Task:
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         params = _fenced_write(stored, expected_version)
         await self._run(self._fenced_sync, _UPDATE, params, task.id, expected_version)
         return stored
@@ -449,7 +437,7 @@ class SQLiteBackend:
                 return total
 
     async def quarantine(self, task: Task) -> Task:
-        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        stored = next_version(task, task.version)
         params = (
             stored.id, stored.workflow, encode_task(stored), stored.status.value,
             stored.version, stored.updated_at.timestamp(),
@@ -521,14 +509,14 @@ class SQLiteBackend:
         return stored
 
     async def requeue(self, task: Task, expected_version: int) -> Task:
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         params = _fenced_write(stored, expected_version, due=_due(task.not_before), workflow=task.workflow)
         await self._run(self._fenced_sync, _REQUEUE, params, task.id, expected_version)
         self._announce(task.workflow)
         return stored
 
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         params = _fenced_write(stored, expected_version, token=_token(claim.receipt))
         await self._run(self._fenced_sync, _SETTLE, params, task.id, expected_version)
         return stored

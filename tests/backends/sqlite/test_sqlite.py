@@ -71,7 +71,7 @@ async def test_url_options_and_keywords_and_their_defaults() -> None:
         ("sqlite://", "has no database path"),
         ("sqlite:///", "has no database path"),
         ("sqlite://localhost/tasks.db", "names a host"),
-        ("sqlite:///t.db?prefix=app", r"unknown sqlite option\(s\) \['prefix'\]; known: synchronous"),
+        ("sqlite:///t.db?prefix=app", r"unknown option\(s\) \['prefix'\]; known: busy_timeout, synchronous"),
         ("sqlite:///t.db?synchronous=off", "not one of normal, full, extra"),
         ("sqlite:///t.db?busy_timeout=5000", "in seconds, not milliseconds"),
         ("sqlite:///t.db?busy_timeout=soon", "not a number of seconds"),
