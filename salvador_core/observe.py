@@ -79,9 +79,10 @@ class Observer:
     def released(self, task: Task, *, reason: str) -> None:
         """The worker handed the task back unfinished (`reason`: "shutdown")."""
 
-    def lease_lost(self, claim: Claim, *, detail: str) -> None:
+    def lease_lost(self, claim: Claim, *, detail: str, fenced: bool) -> None:
         """This worker no longer owns the task: its lease expired, another worker took it
-        over (its write was refused by the version fence), or the record vanished."""
+        over, or the record vanished. `fenced`: a write of this worker was refused by the
+        version fence (the zombie write fencing exists to stop)."""
 
     def run_failed(self, claim: Claim, error: BaseException, *, recorded: bool) -> None:
         """Handling the task failed for a reason that is not the step's: the backend
@@ -216,7 +217,7 @@ class LoggingObserver(Observer):
     def released(self, task: Task, *, reason: str) -> None:
         self.log.info("task %s: released for another worker (%s)", task.id, reason, extra=_task_extra(task))
 
-    def lease_lost(self, claim: Claim, *, detail: str) -> None:
+    def lease_lost(self, claim: Claim, *, detail: str, fenced: bool) -> None:
         self.log.warning(
             "task %s: %s; stopped working on it", claim.task_id, detail, extra=_claim_extra(claim)
         )

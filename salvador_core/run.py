@@ -135,16 +135,20 @@ class Run:
             if task is not None:
                 await self._drive(task)
         except ConflictError as exc:
+            gone = exc.actual_version is None
             self.observer.lease_lost(
                 self.claim,
                 detail=(
                     "its record is gone (discarded, purged, or lost by the backend)"
-                    if exc.actual_version is None
+                    if gone
                     else "another worker owns it now (ConflictError)"
                 ),
+                fenced=not gone,
             )
         except LeaseLostError:
-            self.observer.lease_lost(self.claim, detail="another worker owns it now (LeaseLostError)")
+            self.observer.lease_lost(
+                self.claim, detail="another worker owns it now (LeaseLostError)", fenced=False
+            )
         except Exception as exc:
             if getattr(exc, "retryable", False) or isinstance(exc, (OSError, asyncio.TimeoutError)):
                 self.observer.run_failed(self.claim, exc, recorded=False)

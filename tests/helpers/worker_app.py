@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from salvador_core import NO_RETRY, Engine, RetryPolicy, StepContext, Workflow
+from salvador_core import NO_RETRY, Engine, LoggingObserver, Observer, RetryPolicy, StepContext, Workflow
 
 
 def effect(directory: Path, event: str, task_id: str) -> None:
@@ -159,10 +161,15 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--poll-interval", type=float, default=0.05)
     parser.add_argument("--drain-timeout", type=float, default=2.0)
+    parser.add_argument("--otel", action="store_true", help="export spans and metrics to DIR")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    observers: list[Observer] | None = None
+    dump_metrics = None
+    if args.otel:
+        observers, dump_metrics = otel_observers(args.directory)
     engine = Engine.from_url(
         args.url,
         workflows=build(args.directory, args.block),
@@ -170,10 +177,68 @@ async def main() -> None:
         poll_interval=args.poll_interval,
         concurrency=args.concurrency,
         drain_timeout=args.drain_timeout,
+        observers=observers,
     )
     marker(args.directory, f"started-{os.getpid()}")
     await engine.run()
+    if dump_metrics is not None:
+        dump_metrics()
     marker(args.directory, f"stopped-{os.getpid()}")
+
+
+def otel_observers(directory: Path) -> tuple[list[Observer], Callable[[], None]]:
+    """Tracing and metrics observers exporting to files in `directory`: every finished span
+    as a JSON line in spans-<pid>.jsonl, the metric points in metrics-<pid>.json at exit."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from salvador_core.otel import MetricsObserver, TracingObserver
+
+    spans = directory / f"spans-{os.getpid()}.jsonl"
+
+    class ToFile(SpanExporter):
+        def export(self, batch: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(spans, "a") as f:
+                for span in batch:
+                    assert span.context is not None
+                    f.write(json.dumps({
+                        "name": span.name,
+                        "trace_id": span.context.trace_id,
+                        "span_id": span.context.span_id,
+                        "parent_id": span.parent.span_id if span.parent is not None else None,
+                        "attributes": dict(span.attributes or {}),
+                        "status": span.status.status_code.name,
+                    }) + "\n")
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(ToFile()))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+
+    def dump() -> None:
+        found: dict[str, list[dict[str, object]]] = {}
+        data = reader.get_metrics_data()
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        value = getattr(point, "value", None)
+                        found.setdefault(metric.name, []).append({
+                            "attributes": dict(point.attributes or {}),
+                            "value": value if value is not None else getattr(point, "sum", None),
+                            "count": getattr(point, "count", None),
+                        })
+        (directory / f"metrics-{os.getpid()}.json").write_text(json.dumps(found))
+
+    observers: list[Observer] = [
+        LoggingObserver(),
+        TracingObserver(tracer_provider, backend="sqlite"),
+        MetricsObserver(meter_provider),
+    ]
+    return observers, dump
 
 
 if __name__ == "__main__":
