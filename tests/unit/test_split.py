@@ -84,3 +84,29 @@ async def test_repair_leaves_young_foreign_and_started_tasks_alone() -> None:
     assert claim is not None
     assert claim.task_id == young.id
     assert foreign.id != young.id
+
+
+class AtomicWithoutLimit:
+    """A backend with submit/requeue/settle but no `max_payload_bytes` attribute: before,
+    the runtime Protocol check quietly sent it down the split path."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+        self.submits = 0
+
+    def __getattr__(self, name: str) -> object:
+        if name == "max_payload_bytes":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def submit(self, task: Task) -> Task:
+        self.submits += 1
+        return await self.inner.submit(task)
+
+
+def test_the_atomic_path_does_not_depend_on_max_payload_bytes() -> None:
+    backend = AtomicWithoutLimit()
+    assert not hasattr(backend, "max_payload_bytes")
+    for name in ("submit", "requeue", "settle", "create", "claim", "ack"):
+        assert hasattr(backend, name)
+    assert compose(backend) is backend, "a backend with the atomic methods was composed as split"
