@@ -99,6 +99,14 @@ def build(directory: Path, hang_in: str | None = None) -> Workflow:
     return wf
 
 
+#: For `salvador worker examples.process_order:engine --url sqlite:///orders.db`: the README's
+#: workflow on $SALVADOR_URL, or sqlite:///orders.db (a worker's --url replaces it); the steps
+#: record their side effects in the working directory. Nothing is opened until it runs.
+engine = Engine.from_url(
+    os.environ.get("SALVADOR_URL") or "sqlite:///orders.db", workflows=[build(Path("."))]
+)
+
+
 def read_effects(directory: Path, task_id: str) -> list[tuple[str, str, int]]:
     """(step, event, pid) for every side effect of `task_id`, in the order they happened."""
     rows = []

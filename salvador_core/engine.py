@@ -77,6 +77,7 @@ class Engine:
         drain_timeout: float | None = None,
         max_payload_bytes: int | None = None,
         retention: float | None = None,
+        durability: str | None = None,
         settings: Settings | None = None,
         observers: Iterable[Observer] | None = None,
         logger: logging.Logger | None = None,
@@ -88,6 +89,7 @@ class Engine:
             "drain_timeout": drain_timeout,
             "max_payload_bytes": max_payload_bytes,
             "retention": retention,
+            "durability": durability,
         }
         self.settings = (settings or Settings()).with_options(
             **{k: v for k, v in options.items() if v is not None}
@@ -107,6 +109,7 @@ class Engine:
         self.max_payload_bytes = min(limit, backend_limit or limit)
         self._workflows: dict[str, Workflow] = {}
         self._opened = 0
+        self._preflown = False  # the preflight warned (or found nothing) once already
         self._worker = Worker(
             self.backend,
             self._workflows,
@@ -155,10 +158,47 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect the backend(s). `async with engine` does this for you."""
+        """Connect the backend(s) and run the durability preflight (see `Settings`).
+        `async with engine` does this for you."""
         if self._opened == 0:
             await self.backend.open()
+            try:
+                await self._preflight()
+            except BaseException:
+                await self.backend.close()
+                raise
         self._opened += 1
+
+    async def _preflight(self) -> None:
+        """What a crash would lose with the backend as configured: refused in `strict`
+        mode, logged once per engine as a warning otherwise (memory://, never durable by
+        design, is not warned about)."""
+        mode = self.settings.durability
+        if mode == "off" or (self._preflown and mode == "warn"):
+            return
+        from salvador_core import durability
+        from salvador_core.backends.memory import MemoryBackend
+
+        try:
+            found = await durability.findings(self.backend)
+        except Exception as exc:
+            if mode == "strict":
+                raise
+            self.log.warning("durability: could not read the backend's settings (%s); not checked", exc)
+            return
+        critical = durability.blocking(found)
+        if mode == "strict" and critical:
+            raise ConfigurationError(
+                "durability=strict: the backend would lose tasks in a crash: "
+                + "; ".join(f"{f.setting}: {f.loses} Fix: {f.fix}" for f in critical)
+            )
+        self._preflown = True
+        if not isinstance(self.backend, MemoryBackend):
+            for finding in critical:
+                self.log.warning(
+                    "durability: %s: %s Fix: %s (salvador check explains; durability='strict' refuses)",
+                    finding.setting, finding.loses, finding.fix,
+                )
 
     async def close(self) -> None:
         if self._opened == 0:

@@ -29,7 +29,11 @@ ENVIRONMENT: dict[str, str] = {
     "SALVADOR_DRAIN_TIMEOUT": "drain_timeout",
     "SALVADOR_MAX_PAYLOAD_BYTES": "max_payload_bytes",
     "SALVADOR_RETENTION": "retention",
+    "SALVADOR_DURABILITY": "durability",
 }
+
+#: What `Engine.open` does with the durability preflight (salvador_core/durability.py).
+DURABILITY_MODES = ("warn", "strict", "off")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Settings:
     running steps finish before it interrupts and releases them. `max_payload_bytes`: the
     largest body or step result. `retention`: purge finished tasks older than this (None:
     keep them). `url` (or `store_url` + `queue_url`): the backend, for `Engine.from_url`.
+    `durability`: at open, `warn` (the default) logs once what a crash would lose with the
+    backend's settings, `strict` refuses to open on a critical finding, `off` skips it.
     """
 
     url: str | None = None
@@ -54,6 +60,7 @@ class Settings:
     drain_timeout: float = 30.0
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     retention: float | None = None
+    durability: str = "warn"
 
     def __post_init__(self) -> None:
         if (
@@ -75,6 +82,10 @@ class Settings:
         if self.retention is not None and (not _finite(self.retention) or self.retention <= 0):
             raise ConfigurationError(
                 f"retention must be a number of seconds above 0 or None, got {self.retention!r}"
+            )
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigurationError(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}"
             )
         if (
             not isinstance(self.max_payload_bytes, int)
@@ -116,7 +127,7 @@ def _finite(value: object) -> bool:
 
 
 def _parse(name: str, raw: str, variable: str) -> Any:
-    if name.endswith("url"):
+    if name.endswith("url") or name == "durability":
         return raw
     try:
         if name in ("concurrency", "max_payload_bytes"):

@@ -279,7 +279,6 @@ class RedisBackend:
         self._open = True
         try:
             await self._load_scripts()
-            await self._check_eviction()
         except BaseException:
             await self.close()
             raise
@@ -525,27 +524,6 @@ class RedisBackend:
         if self._mux is not None:
             return await self._mux.execute(*args)
         return await client.execute_command(*args)
-
-    async def _check_eviction(self) -> None:
-        """Warn when the server may evict keys: it would drop task records silently.
-        Best effort: an ACL user without INFO, or a cluster, is not checked."""
-        if self._mux is None:
-            return
-        try:
-            info = _text(await self._mux.execute("INFO", "memory"))
-        except rx.ResponseError:
-            return
-        policy = next(
-            (line.split(":", 1)[1].strip() for line in info.splitlines()
-             if line.startswith("maxmemory_policy:")),
-            "noeviction",
-        )
-        if policy != "noeviction":
-            log.warning(
-                "Redis at %s has maxmemory-policy %s: when full it evicts keys, which loses "
-                "task records without a trace. Set maxmemory-policy noeviction.",
-                self.where, policy,
-            )
 
     async def _load_scripts(self) -> None:
         """SCRIPT LOAD every script (on a cluster: on every primary)."""
