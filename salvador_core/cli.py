@@ -25,9 +25,9 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, NoReturn, Protocol, TypeVar, runtime_checkable
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -43,6 +43,7 @@ from salvador_core.errors import (
     TaskNotFoundError,
     UnknownWorkflowError,
 )
+from salvador_core.protocols import TaskCounts
 from salvador_core.settings import load_object
 from salvador_core.split import SplitBackend
 from salvador_core.task import (
@@ -52,6 +53,7 @@ from salvador_core.task import (
     Task,
     TaskError,
     TaskStatus,
+    WorkflowStats,
     dump_json,
     utcnow,
 )
@@ -606,30 +608,6 @@ def list_tasks(workflow: str | None, statuses: tuple[str, ...], limit: int, curs
 
 
 # -- stats --------------------------------------------------------------------------------
-
-
-@dataclass
-class WorkflowStats:
-    """One workflow's numbers. `counts`: tasks by status. `queued`: pending and due now (the
-    queue depth); `delayed`: pending with a later due time (retry back-off, --delay).
-    `oldest_wait_seconds`: how long the longest-waiting due task has been waiting.
-    `dead_letters`: failed and compensated tasks."""
-
-    workflow: str
-    counts: dict[str, int] = field(default_factory=dict)
-    queued: int = 0
-    delayed: int = 0
-    oldest_wait_seconds: float | None = None
-    dead_letters: int = 0
-
-
-@runtime_checkable
-class TaskCounts(Protocol):
-    """Optional: a backend that can count without reading every record (a GROUP BY, a
-    counter) offers this, and `salvador stats` uses it instead of walking the listing."""
-
-    async def stats(self) -> list[WorkflowStats]:
-        """One entry per workflow that has tasks, as `salvador stats` prints them."""
 
 
 async def _stats(engine: Engine, workflow: str | None) -> list[WorkflowStats]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from salvador_core.task import Claim, Page, Task, TaskStatus
+from salvador_core.task import Claim, Page, Task, TaskStatus, WorkflowStats
 
 
 @runtime_checkable
@@ -180,3 +180,13 @@ class TransactionalSubmit(Protocol):
         """As `Backend.submit`, but written through `connection` in its current transaction:
         the task exists, and is delivered, only if that transaction commits (workers are
         woken when it does). Raises `TypeError` for a connection of a kind it cannot use."""
+
+
+@runtime_checkable
+class TaskCounts(Protocol):
+    """Optional: a backend that can count without reading every record (a GROUP BY, a
+    counter) offers this; `salvador stats` (and the metrics of queue depth) use it instead
+    of walking the listing. The conformance suite holds its figures to the listing's."""
+
+    async def stats(self) -> list[WorkflowStats]:
+        """One entry per workflow that has tasks, as `salvador stats` prints them."""

@@ -233,6 +233,21 @@ class Page:
     cursor: str | None
 
 
+@dataclass
+class WorkflowStats:
+    """One workflow's numbers. `counts`: tasks by status. `queued`: pending and due now (the
+    queue depth); `delayed`: pending with a later due time (retry back-off, --delay).
+    `oldest_wait_seconds`: how long the longest-waiting due task has been waiting.
+    `dead_letters`: failed and compensated tasks."""
+
+    workflow: str
+    counts: dict[str, int] = field(default_factory=dict)
+    queued: int = 0
+    delayed: int = 0
+    oldest_wait_seconds: float | None = None
+    dead_letters: int = 0
+
+
 def _record_head(task: Task) -> bytes:
     """`{"format":1,"id":...,"workflow":...,"body":...,` for `task`, encoded once."""
     state = task.__dict__

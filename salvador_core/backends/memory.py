@@ -8,6 +8,7 @@ real server. Records are kept encoded, exactly as a server would hold them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import heapq
 import secrets
 import time
@@ -26,10 +27,12 @@ from salvador_core.errors import (
     RecordVersionError,
 )
 from salvador_core.task import (
+    DEAD_LETTER_STATUSES,
     Claim,
     Page,
     Task,
     TaskStatus,
+    WorkflowStats,
     decode_task,
     encode_task,
     next_version,
@@ -183,6 +186,29 @@ class MemoryBackend:
         for task_id in doomed:
             await self.delete(task_id)
         return len(doomed)
+
+    async def stats(self) -> builtins.list[WorkflowStats]:
+        """Counts by workflow and status, and the queue's depth (TaskCounts), in one pass."""
+        self._check_open()
+        now = utcnow()
+        found: dict[str, WorkflowStats] = {}
+        for task_id, raw in self._records.items():
+            try:
+                task = decode_task(raw, task_id)
+            except (CorruptRecordError, RecordVersionError):
+                continue
+            stats = found.setdefault(task.workflow, WorkflowStats(task.workflow))
+            stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
+            if task.status in DEAD_LETTER_STATUSES:
+                stats.dead_letters += 1
+            if task.status is TaskStatus.PENDING and task_id not in self._leases:
+                if task.not_before is not None and task.not_before > now:
+                    stats.delayed += 1
+                else:
+                    stats.queued += 1
+                    waited = (now - (task.not_before or task.created_at)).total_seconds()
+                    stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
+        return [found[name] for name in sorted(found)]
 
     async def quarantine(self, task: Task) -> Task:
         self._check_open()

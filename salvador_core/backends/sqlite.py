@@ -102,11 +102,13 @@ from salvador_core.errors import (
     LeaseLostError,
 )
 from salvador_core.task import (
+    DEAD_LETTER_STATUSES,
     Claim,
     Page,
     RecordVersionError,
     Task,
     TaskStatus,
+    WorkflowStats,
     decode_task,
     encode_task,
     next_version,
@@ -165,6 +167,17 @@ _SCHEMA = (
 #: the leases in flight, for the claim's clock check. Older salvador ignores it.
 _LEASES_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (q_workflow) WHERE q_receipt IS NOT NULL"
+)
+#: Added the same way: counts by workflow and status read from the index alone (`stats`).
+_COUNTS_INDEX = "CREATE INDEX IF NOT EXISTS tasks_counts ON tasks (workflow, status) WHERE record IS NOT NULL"
+_COUNT_STATUSES = (
+    "SELECT workflow, status, count(*) FROM tasks WHERE record IS NOT NULL GROUP BY workflow, status"
+)
+# Waiting queue entries (no lease) of records that exist: due now, or later.
+_COUNT_QUEUE = (
+    "SELECT q_workflow, sum(q_due <= :now), sum(q_due > :now), min(iif(q_due <= :now, q_due, NULL)) "
+    "FROM tasks WHERE q_workflow IS NOT NULL AND q_receipt IS NULL AND status = 'pending' "
+    "GROUP BY q_workflow"
 )
 
 _INSERT = (
@@ -435,6 +448,24 @@ class SQLiteBackend:
             total += deleted
             if deleted < _PURGE_BATCH:
                 return total
+
+    async def stats(self) -> builtins.list[WorkflowStats]:
+        """Counts by workflow and status, and the queue's depth, from indexes (TaskCounts)."""
+        return await self._read(self._stats_sync, time.time())
+
+    def _stats_sync(self, now: float) -> builtins.list[WorkflowStats]:
+        conn = self._db()
+        found: dict[str, WorkflowStats] = {}
+        for workflow, status, count in conn.execute(_COUNT_STATUSES):
+            stats = found.setdefault(workflow, WorkflowStats(workflow))
+            stats.counts[status] = count
+            if TaskStatus(status) in DEAD_LETTER_STATUSES:
+                stats.dead_letters += count
+        for workflow, due, later, oldest in conn.execute(_COUNT_QUEUE, {"now": now}):
+            stats = found.setdefault(workflow, WorkflowStats(workflow))
+            stats.queued, stats.delayed = int(due or 0), int(later or 0)
+            stats.oldest_wait_seconds = None if oldest is None else max(0.0, now - oldest)
+        return [found[name] for name in sorted(found)]
 
     async def quarantine(self, task: Task) -> Task:
         stored = next_version(task, task.version)
@@ -708,6 +739,7 @@ class SQLiteBackend:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute(_LEASES_INDEX)
+            conn.execute(_COUNTS_INDEX)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -34,6 +34,7 @@ from salvador_core.errors import (
     PayloadTooLargeError,
     UnknownWorkflowError,
 )
+from salvador_core.protocols import TaskCounts
 from salvador_core.retry import NO_RETRY, RetryPolicy
 from salvador_core.task import Claim, Task, TaskStatus, encode_task, utcnow
 from salvador_core.testing.base import ConformanceBase, checks
@@ -1696,3 +1697,35 @@ class EngineChecks(ConformanceBase):
         twice = sorted(t for t, n in runs.items() if n > 1)
         assert not twice, f"{len(twice)} task(s) ran more than once with two engines on one storage"
 
+    @pytest.mark.asyncio
+    async def test_counts_agree_with_what_is_stored_when_the_backend_offers_them(self, backend: Any) -> None:
+        counter: TaskCounts | None = backend if isinstance(backend, TaskCounts) else None
+        if counter is None:
+            pytest.skip("backend has no optional TaskCounts.stats(); salvador stats reads the listing")
+        a = Workflow("counted-a").step("s", _nothing)
+        b = Workflow("counted-b").step("s", _nothing)
+        eng = self.engine(backend, a, b)
+        for _ in range(3):
+            await eng.submit(a)
+        await eng.submit(a, delay=3600)
+        done = await eng.get_task(await eng.submit(a))
+        broken = await eng.get_task(await eng.submit(a))
+        assert done is not None
+        assert broken is not None
+        await backend.update(done.evolve(status=TaskStatus.COMPLETED), done.version)
+        failed = broken.evolve(status=TaskStatus.FAILED, dead_letter="step-failed")
+        await backend.update(failed, broken.version)
+        await eng.submit(b)
+        found = {s.workflow: s for s in await counter.stats()}
+        assert set(found) == {"counted-a", "counted-b"}
+        first = found["counted-a"]
+        assert first.counts == {"pending": 4, "completed": 1, "failed": 1}, first
+        assert (first.queued, first.delayed, first.dead_letters) == (3, 1, 1), first
+        assert first.oldest_wait_seconds is not None
+        assert 0 <= first.oldest_wait_seconds < 60, first
+        second = found["counted-b"]
+        assert (second.counts, second.queued, second.delayed) == ({"pending": 1}, 1, 0), second
+
+
+async def _nothing(ctx: StepContext) -> None:
+    return None
