@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from salvador_core.task import Claim, DeadLetter, Task, TaskError
+from salvador_core.task import Claim, DeadLetter, Task, TaskError, WorkflowStats
 
 #: The logger salvador writes to unless an engine is given another.
 logger = logging.getLogger("salvador")
@@ -96,6 +96,11 @@ class Observer:
     def step_thread_abandoned(self, task: Task, step: str, *, reason: str, abandoned: int) -> None:
         """A sync step's thread goes on running though nobody waits for it (timed out, or
         stopped); `abandoned` is how many such threads this process has now."""
+
+    def queue_stats(self, stats: Sequence[WorkflowStats]) -> None:
+        """The backend's counts (queue depth, oldest wait, tasks by status per workflow),
+        read by each worker's upkeep, every lease (at most a minute), from backends that
+        offer `TaskCounts`."""
 
 
 #: The names of the hooks, for observers that fan out to others.

@@ -26,7 +26,7 @@ task resuming.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -34,7 +34,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from salvador_core.observe import Observer
-from salvador_core.task import Claim, DeadLetter, Task, TaskError, TaskStatus, utcnow
+from salvador_core.task import Claim, DeadLetter, Task, TaskError, TaskStatus, WorkflowStats, utcnow
 
 #: The span of the submit in progress in this asyncio task (submitting -> submitted).
 _submit_span: contextvars.ContextVar[Span | None] = contextvars.ContextVar(
@@ -205,6 +205,18 @@ class MetricsObserver(Observer):
             "salvador.writes.fenced",
             description="writes refused by the version fence (a zombie's, a takeover's)",
         )
+        self._queues: dict[str, WorkflowStats] = {}
+        meter.create_observable_gauge(
+            "salvador.queue.depth",
+            callbacks=[self._depths],
+            description="tasks due and waiting for a worker, per workflow (from the last upkeep)",
+        )
+        meter.create_observable_gauge(
+            "salvador.queue.oldest_wait",
+            callbacks=[self._oldest],
+            unit="s",
+            description="how long the longest-waiting due task has waited, per workflow",
+        )
         self.recovery_time = meter.create_histogram(
             "salvador.recovery.duration",
             unit="s",
@@ -245,6 +257,18 @@ class MetricsObserver(Observer):
         self.recovery_time.record(
             max(0.0, (utcnow() - task.updated_at).total_seconds()), {"salvador.workflow": task.workflow}
         )
+
+    def queue_stats(self, stats: Sequence[WorkflowStats]) -> None:
+        self._queues = {s.workflow: s for s in stats}
+
+    def _depths(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [metrics.Observation(s.queued, {"salvador.workflow": w}) for w, s in self._queues.items()]
+
+    def _oldest(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(s.oldest_wait_seconds or 0.0, {"salvador.workflow": w})
+            for w, s in self._queues.items()
+        ]
 
     def lease_lost(self, claim: Claim, *, detail: str, fenced: bool) -> None:
         if fenced:

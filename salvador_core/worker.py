@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from salvador_core.observe import Observer, describe
-from salvador_core.protocols import Backend
+from salvador_core.protocols import Backend, TaskCounts
 from salvador_core.run import ActiveRun, Run, RunEnv
 from salvador_core.settings import Settings
 from salvador_core.split import SplitBackend
@@ -182,6 +182,8 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
+                if isinstance(self.backend, TaskCounts):
+                    self.observer.queue_stats(await self.backend.stats())
                 if isinstance(self.backend, SplitBackend):
                     await self.backend.repair_orphans(
                         workflows=list(self.workflows), older_than=settings.lease

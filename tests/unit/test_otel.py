@@ -171,3 +171,42 @@ async def test_metrics_count_what_happened() -> None:
     assert sum(p.count for p in durations) == calls["flaky"] == 126  # 101 tasks + 25 retries
     failures = [p for p in durations if p.attributes["salvador.outcome"] == "TimeoutError"]
     assert sum(p.count for p in failures) == 25
+
+
+async def test_queue_depth_and_oldest_wait_are_gauges_fed_by_the_workers_upkeep() -> None:
+    reader = InMemoryMetricReader()
+    observer = MetricsObserver(MeterProvider(metric_readers=[reader]))
+    seen: list[Any] = []
+
+    class Spy(MetricsObserver):
+        def queue_stats(self, stats: Any) -> None:
+            seen.append(list(stats))
+            observer.queue_stats(stats)
+
+    release = asyncio.Event()
+
+    async def held(ctx: StepContext) -> None:
+        await release.wait()
+
+    wf = Workflow("gauged").step("held", held)
+    engine = Engine.from_url("memory://", workflows=[wf], lease=1.0, concurrency=1, observers=[Spy()])
+    async with engine:
+        for _ in range(4):
+            await engine.submit(wf)
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        for _ in range(300):  # upkeep runs every lease (1 s here)
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        engine.stop()
+        await worker
+    assert seen, "the worker's upkeep never reported the queue"
+    [stats] = seen[0]
+    assert stats.workflow == "gauged"
+    assert stats.queued == 3  # one of the four is running
+    found = points(reader)
+    [depth] = found["salvador.queue.depth"]
+    assert (depth.value, depth.attributes["salvador.workflow"]) == (3, "gauged")
+    [oldest] = found["salvador.queue.oldest_wait"]
+    assert 0.9 <= oldest.value < 30
