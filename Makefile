@@ -29,7 +29,7 @@ $(STAMP)-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP)-bench: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[redis]'
+	$(BIN)/python -m pip install --quiet -e '.[redis,postgres]'
 	touch $@
 
 venv: $(STAMP)-test

@@ -1,0 +1,350 @@
+"""The PostgreSQL backend beyond the conformance suite: URLs and options, errors, schema
+versions and migrations, waiting on LISTEN (and without it), and purge in batches.
+
+Every test uses its own schema on the shared server (dropped afterwards); nothing here
+stops or reconfigures the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from salvador_core import BackendUnavailableError, ConfigurationError, Engine, TaskStatus, Workflow
+from salvador_core.config import connect
+from salvador_core.task import Task, new_task_id, utcnow
+from salvador_postgres import SCHEMA_VERSION, PostgresBackend
+from salvador_postgres import schema as migrations
+from tests.helpers.postgres_servers import free_port, with_options
+
+pytestmark = pytest.mark.asyncio
+
+
+def task(workflow: str = "wf", **fields: object) -> Task:
+    return Task(id=new_task_id(), workflow=workflow, **fields)  # type: ignore[arg-type]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def server_conn(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url.split("?", 1)[0])
+
+
+# -- URLs, options and errors -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://h/db?colour=blue", "unknown option(s) ['colour']"),
+        ("postgresql://h/db?pool_size=0", "pool_size must be at least 1"),
+        ("postgresql://h/db?pool_size=ten", "pool_size must be a whole number"),
+        ("postgresql://h/db?sslmode=sometimes", "sslmode must be one of"),
+        ("postgresql://h/db?schema=pg_mine", "reserves"),
+        ("postgresql://h/db?schema=" + "s" * 64, "1 to 63 bytes"),
+        ("postgresql://h/db?listen=maybe", "listen must be true or false"),
+        ("postgresql://h/db?migrate=perhaps", "migrate must be true or false"),
+        ("postgresql://h/db?poll_interval=0", "poll_interval must be a number of seconds above 0"),
+        ("postgresql://h/db?connect_timeout=soon", "connect_timeout must be a number of seconds"),
+        ("postgresql://h/db?schema=a&schema=b", "given twice"),
+        ("postgresql://h/db/extra", "one database name"),
+        ("postgresql://h:notaport/db", "expected postgresql://"),
+        ("postgresql://h/db#frag", "#fragment"),
+    ],
+)
+async def test_bad_urls_are_refused_with_the_reason(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        PostgresBackend.from_url(url)
+    assert problem in str(refused.value)
+
+
+async def test_both_schemes_resolve_to_the_backend_through_entry_points() -> None:
+    for scheme in ("postgresql", "postgres"):
+        backend = connect(f"{scheme}://u@127.0.0.1/db?schema=x")
+        assert isinstance(backend, PostgresBackend)
+        assert backend.schema == "x"
+
+
+async def test_an_option_given_in_the_url_and_as_a_keyword_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="both in the URL and as a keyword"):
+        PostgresBackend.from_url("postgresql://h/db?schema=a", schema="b")
+
+
+async def test_password_never_shows_in_repr_or_errors() -> None:
+    port = free_port()
+    url = f"postgresql://app:hunter2@127.0.0.1:{port}/db?connect_timeout=2"
+    backend = PostgresBackend.from_url(url)
+    assert "hunter2" not in repr(backend)
+    assert "hunter2" not in repr(backend.settings)
+    with pytest.raises(BackendUnavailableError) as failure:
+        await backend.open()
+    message = str(failure.value)
+    assert "hunter2" not in message
+    assert f"app:***@127.0.0.1:{port}" in message
+    with pytest.raises(ConfigurationError) as bad:
+        PostgresBackend.from_url(f"postgresql://app:hunter2@127.0.0.1:{port}/db?nope=1")
+    assert "hunter2" not in str(bad.value)
+
+
+async def test_a_missing_database_is_a_configuration_error(postgres_url: str) -> None:
+    url = postgres_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    with pytest.raises(ConfigurationError, match="database"):
+        await PostgresBackend.from_url(url).open()
+
+
+async def test_using_a_backend_before_open_says_so(pg_url: str) -> None:
+    from salvador_core.errors import BackendNotOpenError
+
+    with pytest.raises(BackendNotOpenError):
+        await PostgresBackend.from_url(pg_url).get("x")
+
+
+async def test_options_reach_the_server(pg_url: str, pg_schema: str) -> None:
+    url = with_options(pg_url, application_name="orders-worker", pool_size="3", sslmode="disable")
+    async with PostgresBackend.from_url(url) as backend:
+        await backend.submit(task())
+        conn = await server_conn(pg_url)
+        try:
+            names = await conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name = 'orders-worker'"
+            )
+            schema = await conn.fetchval("SELECT nspname FROM pg_namespace WHERE nspname = $1", pg_schema)
+        finally:
+            await conn.close()
+        assert names, "application_name did not reach the server"
+        assert schema == pg_schema
+        assert backend._pool.get_max_size() == 3
+
+
+# -- schema versions and migrations --------------------------------------------------------
+
+
+async def test_concurrent_migrations_apply_each_file_once(pg_url: str, pg_schema: str) -> None:
+    backends = [PostgresBackend.from_url(with_options(pg_url, migrate="false")) for _ in range(6)]
+    applied = await asyncio.gather(*(b.migrate() for b in backends))
+    assert sorted(v for versions in applied for v in versions) == list(range(1, SCHEMA_VERSION + 1))
+    conn = await server_conn(pg_url)
+    try:
+        rows = await conn.fetch(f'SELECT version FROM "{pg_schema}".schema_migrations ORDER BY version')
+    finally:
+        await conn.close()
+    assert [r["version"] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+    async with backends[0]:
+        await backends[0].submit(task())
+
+
+async def test_a_schema_newer_than_the_code_is_refused(pg_url: str, pg_schema: str) -> None:
+    async with PostgresBackend.from_url(pg_url):
+        pass
+    conn = await server_conn(pg_url)
+    try:
+        await conn.execute(
+            f'INSERT INTO "{pg_schema}".schema_migrations (version, name) VALUES ($1, $2)',
+            SCHEMA_VERSION + 1,
+            "from-the-future",
+        )
+    finally:
+        await conn.close()
+    for options in ({}, {"migrate": "true"}):
+        with pytest.raises(ConfigurationError, match=r"newer than this salvador understands"):
+            await PostgresBackend.from_url(with_options(pg_url, **options)).open()
+
+
+async def test_an_older_schema_is_told_to_run_migrate_and_then_works(pg_url: str, pg_schema: str) -> None:
+    conn = await server_conn(pg_url)
+    try:
+        assert await migrations.migrate(conn, pg_schema, "test", target=1) == [1]
+    finally:
+        await conn.close()
+    backend = PostgresBackend.from_url(pg_url)
+    with pytest.raises(ConfigurationError, match=r"is at version 1.*await backend\.migrate\(\)"):
+        await backend.open()
+    assert await backend.migrate() == list(range(2, SCHEMA_VERSION + 1))
+    async with backend:
+        await backend.submit(task())
+
+
+async def test_migrate_true_upgrades_an_older_schema_on_open(pg_url: str, pg_schema: str) -> None:
+    conn = await server_conn(pg_url)
+    try:
+        await migrations.migrate(conn, pg_schema, "test", target=1)
+        async with PostgresBackend.from_url(with_options(pg_url, migrate="true")):
+            pass
+        assert await migrations.current_version(conn, pg_schema) == SCHEMA_VERSION
+    finally:
+        await conn.close()
+
+
+async def test_migrate_false_never_creates_anything(pg_url: str, pg_schema: str) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist yet"):
+        await PostgresBackend.from_url(with_options(pg_url, migrate="false")).open()
+    conn = await server_conn(pg_url)
+    try:
+        assert await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg_schema) is None
+    finally:
+        await conn.close()
+
+
+async def test_dropped_tables_are_a_configuration_error_not_a_driver_error(
+    pg_url: str, pg_schema: str
+) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        conn = await server_conn(pg_url)
+        try:
+            await conn.execute(f'DROP TABLE "{pg_schema}".tasks')
+        finally:
+            await conn.close()
+        with pytest.raises(ConfigurationError, match="run the migrations again"):
+            await backend.get("x")
+
+
+# -- waiting ---------------------------------------------------------------------------------
+
+
+async def test_claim_waiting_on_listen_wakes_on_another_instances_submit(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as waiter, PostgresBackend.from_url(pg_url) as producer:
+        await waiter.claim("wf", lease=5, wait=0.01)  # starts the listener
+        claiming = asyncio.create_task(waiter.claim("wf", lease=5, wait=10))
+        await asyncio.sleep(0.2)
+        submitted = await producer.submit(task())
+        began = time.monotonic()
+        claim = await asyncio.wait_for(claiming, 5)
+        woke_after = time.monotonic() - began
+    assert claim is not None
+    assert claim.task_id == submitted.id
+    print(f"\ncross-instance wake-up on NOTIFY: {woke_after * 1000:.1f} ms")
+    assert woke_after < 1.0
+
+
+async def test_claim_wakes_at_a_delayed_tasks_due_time_without_polling(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as waiter, PostgresBackend.from_url(pg_url) as producer:
+        await waiter.claim("wf", lease=5, wait=0.01)
+        due = utcnow() + timedelta(seconds=0.4)
+        delayed = await producer.submit(task(not_before=due))
+        began = time.monotonic()
+        claim = await waiter.claim("wf", lease=5, wait=5)
+        waited = time.monotonic() - began
+    assert claim is not None
+    assert claim.task_id == delayed.id
+    assert 0.2 < waited < 1.5, waited
+
+
+async def test_without_listen_claimers_poll_and_still_get_other_instances_tasks(pg_url: str) -> None:
+    """PgBouncer transaction mode: no LISTEN, no prepared statements; polling every
+    poll_interval instead."""
+    url = with_options(pg_url, listen="false", statement_cache_size="0", poll_interval="0.1")
+    async with PostgresBackend.from_url(url) as waiter, PostgresBackend.from_url(url) as producer:
+        claiming = asyncio.create_task(waiter.claim("wf", lease=5, wait=5))
+        await asyncio.sleep(0.3)
+        submitted = await producer.submit(task())
+        began = time.monotonic()
+        claim = await asyncio.wait_for(claiming, 5)
+        waited = time.monotonic() - began
+        assert waiter._listener is None
+    assert claim is not None
+    assert claim.task_id == submitted.id
+    assert waited < 0.6, waited
+
+
+async def test_lost_listener_falls_back_to_polling_logs_once_and_reconnects(
+    pg_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first reconnection attempt comes 2 s after a loss: the claims below happen
+    # while the listener is down, so only polling can deliver them in time.
+    monkeypatch.setattr("salvador_postgres.listener._FIRST_PAUSE", 2.0)
+    url = with_options(pg_url, poll_interval="0.1")
+    caplog.set_level(logging.INFO, logger="salvador.postgres")
+    async with PostgresBackend.from_url(url) as waiter, PostgresBackend.from_url(url) as producer:
+        await waiter.claim("wf", lease=5, wait=0.01)
+        listener = waiter._listener
+        assert listener is not None
+        assert listener.listening
+        conn = await server_conn(pg_url)
+        try:
+            for _ in range(2):
+                pid = listener.backend_pid
+                claiming = asyncio.create_task(waiter.claim("wf", lease=5, wait=5))
+                await asyncio.sleep(0.05)
+                assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                await wait_until(lambda: not listener.listening)
+                await asyncio.sleep(0.2)  # the claimer is back to waiting, now by polling
+                submitted = await producer.submit(task())
+                began = time.monotonic()
+                claim = await asyncio.wait_for(claiming, 5)
+                assert time.monotonic() - began < 1.0, "no fallback to polling"
+                assert not listener.listening
+                assert claim is not None
+                assert claim.task_id == submitted.id
+                await waiter.ack(claim)
+                deadline = time.monotonic() + 10
+                while not (listener.listening and listener.backend_pid != pid):
+                    assert time.monotonic() < deadline, "the listener did not reconnect"
+                    await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        # Back on notifications: a claim waiting far longer than poll_interval wakes at once.
+        claiming = asyncio.create_task(waiter.claim("wf", lease=5, wait=10))
+        await asyncio.sleep(0.1)
+        await producer.submit(task())
+        began = time.monotonic()
+        assert await asyncio.wait_for(claiming, 5) is not None
+        assert time.monotonic() - began < 1.0
+    lost = [r for r in caplog.records if "LISTEN connection is lost" in r.getMessage()]
+    back = [r for r in caplog.records if "LISTEN connection is back" in r.getMessage()]
+    assert len(lost) == 2, [r.getMessage() for r in caplog.records]  # once per loss
+    assert len(back) == 2
+    assert all(r.levelno == logging.WARNING for r in lost)
+    assert listener.losses == 2
+
+
+async def test_an_idle_engine_starts_a_task_long_before_its_poll_interval(pg_url: str) -> None:
+    wf = Workflow("quick")
+    started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    @wf.step()
+    async def only(ctx: object) -> None:
+        if not started.done():
+            started.set_result(time.monotonic())
+
+    async with Engine.from_url(pg_url, workflows=[wf], poll_interval=30.0) as engine:
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        await engine.submit("quick", {})
+        ran_at = await asyncio.wait_for(started, 5)
+        engine.stop()
+        await asyncio.wait_for(worker, 10)
+    assert ran_at - began < 1.0
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+async def test_purge_deletes_in_batches_only_what_is_finished_and_old(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        old = [task(status=TaskStatus.COMPLETED) for _ in range(2300)]
+        for start in range(0, len(old), 250):
+            await asyncio.gather(*(backend.create(t) for t in old[start : start + 250]))
+        cutoff = utcnow()
+        await asyncio.sleep(0.01)
+        recent = await backend.create(task(status=TaskStatus.COMPLETED))
+        pending = await backend.submit(task())
+        failed = await backend.create(task(status=TaskStatus.FAILED))
+        deleted = await backend.purge(older_than=cutoff, statuses=[TaskStatus.COMPLETED])
+        assert deleted == 2300
+        for kept in (recent, pending, failed):
+            assert await backend.get(kept.id) is not None
+        assert await backend.get(old[0].id) is None
+        with pytest.raises(ValueError, match="not terminal"):
+            await backend.purge(older_than=utcnow(), statuses=[TaskStatus.PENDING])
