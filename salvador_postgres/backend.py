@@ -54,11 +54,13 @@ from salvador_core.errors import (
     PayloadTooLargeError,
 )
 from salvador_core.task import (
+    DEAD_LETTER_STATUSES,
     Claim,
     Page,
     RecordVersionError,
     Task,
     TaskStatus,
+    WorkflowStats,
     decode_task,
     encode_task,
     purge_statuses,
@@ -385,6 +387,34 @@ class PostgresBackend:
                     break
                 after = row["last"]
         return total
+
+    @_guarded
+    async def stats(self) -> builtins.list[WorkflowStats]:
+        """Counts by workflow and status, and the waiting queue's depth and oldest due time
+        (TaskCounts): two aggregate queries on the database's clock, no record read."""
+        db = self._db()
+        found: dict[str, WorkflowStats] = {}
+        table = self._sql.table
+        for row in await db.fetch(
+            f"SELECT workflow, status, count(*) AS n FROM {table} WHERE record IS NOT NULL "
+            "GROUP BY workflow, status"
+        ):
+            stats = found.setdefault(row["workflow"], WorkflowStats(row["workflow"]))
+            stats.counts[row["status"]] = row["n"]
+            if TaskStatus(row["status"]) in DEAD_LETTER_STATUSES:
+                stats.dead_letters += row["n"]
+        for row in await db.fetch(
+            "SELECT q_workflow, count(*) FILTER (WHERE q_due <= now()) AS due, "
+            "count(*) FILTER (WHERE q_due > now()) AS later, "
+            "extract(epoch FROM now() - min(q_due) FILTER (WHERE q_due <= now())) AS oldest "
+            f"FROM {table} WHERE q_workflow IS NOT NULL AND q_receipt IS NULL AND status = 'pending' "
+            "GROUP BY q_workflow"
+        ):
+            stats = found.setdefault(row["q_workflow"], WorkflowStats(row["q_workflow"]))
+            stats.queued, stats.delayed = row["due"], row["later"]
+            oldest = row["oldest"]
+            stats.oldest_wait_seconds = None if oldest is None else max(0.0, float(oldest))
+        return [found[name] for name in sorted(found)]
 
     @_guarded
     async def quarantine(self, task: Task) -> Task:
