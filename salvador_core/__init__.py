@@ -24,7 +24,7 @@ from salvador_core.errors import (
     UnknownWorkflowError,
 )
 from salvador_core.observe import LoggingObserver, Observer
-from salvador_core.protocols import Backend, TaskQueue, TaskStore, TransactionalSubmit
+from salvador_core.protocols import Backend, TaskCounts, TaskQueue, TaskStore, TransactionalSubmit
 from salvador_core.retry import NO_RETRY, RetryPolicy
 from salvador_core.run import ActiveRun
 from salvador_core.settings import Settings, load_object
@@ -37,6 +37,7 @@ from salvador_core.task import (
     Task,
     TaskError,
     TaskStatus,
+    WorkflowStats,
     decode_task,
     encode_task,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "StepResultError",
     "StepTimeoutError",
     "Task",
+    "TaskCounts",
     "TaskError",
     "TaskNotFoundError",
     "TaskQueue",
@@ -80,6 +82,7 @@ __all__ = [
     "TransactionalSubmit",
     "UnknownWorkflowError",
     "Workflow",
+    "WorkflowStats",
     "connect",
     "decode_task",
     "encode_task",
