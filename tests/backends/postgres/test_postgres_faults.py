@@ -172,6 +172,7 @@ async def test_immediate_restart_with_1000_tasks_in_flight_loses_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # about 85 s alone; far more when the machine is shared
 async def test_terminating_worker_connections_during_3000_tasks_loses_and_reruns_nothing_checkpointed(
     pg_server: PostgresServer,
     producer_for: Callable[[str], Awaitable[Engine]],

@@ -255,6 +255,7 @@ async def test_unpersisted_server_restart_keeps_the_worker_serving_new_work(
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(360)  # 3,000 tasks: well under a minute alone, longer on a shared machine
 async def test_client_kills_during_claims_and_saves_lose_nothing(
     redis_server_factory: ServerFactory,
     producer_for: Callable[[str], Awaitable[Engine]],
