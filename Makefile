@@ -39,6 +39,7 @@ demo: $(STAMP)-core
 
 test: $(STAMP)-test
 	bash scripts/ensure-services.sh
+	bash scripts/ensure-browser.sh
 	SALVADOR_REQUIRE_BACKENDS=1 $(BIN)/pytest
 
 lint: $(STAMP)-dev

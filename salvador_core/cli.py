@@ -865,3 +865,43 @@ def check(strict: bool, url: str | None, as_json: bool) -> int:
 
     _emit(as_json, {"url": where, "ok": not failing, "findings": [f.to_dict() for f in found]}, human)
     return EXIT_FINDING if failing else EXIT_OK
+
+
+# -- dashboard ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--url", metavar="URL", default=None, help="Backend URL (default: $SALVADOR_URL).")
+@_app_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs --auth.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--auth", metavar="TOKEN|USER:PASS", envvar="SALVADOR_DASHBOARD_AUTH", default=None,
+              help="Require HTTP Basic credentials (a TOKEN is the password for any user); "
+                   "default $SALVADOR_DASHBOARD_AUTH.")
+@click.option("--read-only", is_flag=True, help="Hide and refuse requeue, discard and cancel.")
+@click.option("--show-payloads", is_flag=True,
+              help="Show task bodies and step results (sizes only otherwise).")
+@click.option("--tracing-url", metavar="URL", default=None,
+              help="Link trace ids to your tracing UI; {trace_id} marks where the id goes.")
+def dashboard(url: str | None, app: str | None, host: str, port: int, auth: str | None, read_only: bool,
+              show_payloads: bool, tracing_url: str | None) -> int:
+    """Serve the web dashboard: overview, tasks, dead letters; requeue, discard, cancel.
+
+    Listens on 127.0.0.1 by default. Requeue (and cancelling a task that may need
+    compensation) needs --app MODULE:ATTR: the workflows' steps. Needs the `dashboard`
+    extra: pip install 'salvador-workflows[dashboard]'.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --app names a module of the current directory
+    try:
+        from salvador_core.dashboard import serve
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the dashboard needs its extra ({exc}): pip install 'salvador-workflows[dashboard]'"
+        ) from None
+    if url is None:
+        _engine_for(None, [])  # the CLI's one-line message when no backend is named at all
+    serve(url, host=host, port=port, auth=auth, app=app, read_only=read_only, show_payloads=show_payloads,
+          tracing_url=tracing_url)
+    return EXIT_OK
