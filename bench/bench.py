@@ -32,13 +32,16 @@ from typing import Any
 
 from salvador_core import ConfigurationError, Engine, StepContext, Task, TaskStatus, Workflow
 
-ALL_BACKENDS = ("memory", "sqlite", "redis")
+ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres", "nats")
 #: Backends that several processes share, hence measured with the worker in its own process.
-CROSS_PROCESS_BACKENDS = ("sqlite", "redis")
+CROSS_PROCESS_BACKENDS = ("sqlite", "redis", "postgres", "nats")
 CONCURRENCIES = (1, 10, 100)
 #: The Redis server the bench uses; a unique key prefix per run keeps it apart from
 #: anything else on the server, and every key it wrote is deleted afterwards.
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: The PostgreSQL server the bench uses ($SALVADOR_BENCH_POSTGRES_URL); each run gets a schema
+#: of its own, dropped afterwards.
+POSTGRES_URL = os.environ.get("SALVADOR_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 #: Longest the bench waits for one phase before it reports the run as failed.
 PHASE_TIMEOUT = 120.0
 
@@ -721,6 +724,312 @@ def redis_report(rows: list[Row], ceiling: dict[str, float] | None, counts: Redi
     return "\n".join(out)
 
 
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+class PostgresSetup(BackendSetup):
+    name = "postgres"
+
+    def __init__(self) -> None:
+        self.version = "?"
+        self.runs = 0
+
+    async def unavailable(self) -> str | None:
+        try:
+            import asyncpg
+        except ImportError:
+            return "asyncpg not installed (pip install 'salvador-workflows[postgres]')"
+        try:
+            conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+        except Exception as exc:
+            return f"PostgreSQL at {POSTGRES_URL} unreachable: {exc}"[:120]
+        self.version = str(await conn.fetchval("SHOW server_version"))
+        await conn.close()
+        return None
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        self.runs += 1
+        schema = f"salvador_bench_{os.getpid()}_{secrets.token_hex(3)}_{self.runs}"
+        try:
+            yield f"{POSTGRES_URL}?schema={schema}"
+        finally:
+            await _drop_schema(schema)
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} at {POSTGRES_URL} (asyncpg, a schema per run, default settings)"
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _rate(seconds: float, loops: int, op: Callable[[int], Awaitable[Any]]) -> float:
+    """Operations per second of `loops` coroutines calling `op(loop)` back to back."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def loop(i: int) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await op(i)
+            done += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(loop(i) for i in range(loops)))
+    return done / (time.perf_counter() - began)
+
+
+async def postgres_ceiling(seconds: float) -> dict[str, float]:
+    """What plain asyncpg gets from the server from this process: sequential `SELECT 1`/s,
+    sequential commits/s (one-row INSERT, autocommit), and a bare SKIP LOCKED queue's
+    claim+complete/s with 8 connections (claim: UPDATE ... RETURNING; complete: DELETE)."""
+    import asyncpg
+
+    schema = f"salvador_ceiling_{os.getpid()}"
+    conns = [await asyncpg.connect(POSTGRES_URL) for _ in range(8)]
+    try:
+        first = conns[0]
+        await first.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
+        await first.execute(
+            f'CREATE TABLE "{schema}".q (id bigserial PRIMARY KEY, due timestamptz NOT NULL '
+            "DEFAULT now(), leased boolean NOT NULL DEFAULT false, body bytea)"
+        )
+        await first.execute(f'CREATE INDEX ON "{schema}".q (due) WHERE NOT leased')
+        select_1 = await _rate(seconds, 1, lambda i: first.fetchval("SELECT 1"))
+        commits = await _rate(
+            seconds, 1, lambda i: first.execute(f'INSERT INTO "{schema}".q (body) VALUES ($1)', b"x" * 200)
+        )
+        await first.execute(
+            f'INSERT INTO "{schema}".q (body) SELECT $1 FROM generate_series(1, 200000)', b"x" * 200
+        )
+        claim = (
+            f'UPDATE "{schema}".q SET leased = true WHERE id = (SELECT id FROM "{schema}".q '
+            "WHERE NOT leased AND due <= now() ORDER BY due LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id"
+        )
+
+        async def claim_complete(i: int) -> None:
+            task_id = await conns[i].fetchval(claim)
+            await conns[i].execute(f'DELETE FROM "{schema}".q WHERE id = $1', task_id)
+
+        queue = await _rate(seconds, 8, claim_complete)
+        await first.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {"select_1": select_1, "commits": commits, "claim_complete_8": queue}
+
+
+async def postgres_depth(depths: list[int], seconds: float) -> dict[int, float]:
+    """salvador's claim+release per second (one claimer, backend calls only) with `depth` tasks
+    pending in the workflow, the rows written straight into a fresh schema."""
+    import asyncpg
+
+    from salvador_core.task import encode_task, new_task_id
+    from salvador_postgres import PostgresBackend
+
+    rates: dict[int, float] = {}
+    for depth in depths:
+        schema = f"salvador_depth_{os.getpid()}_{depth}"
+        backend = PostgresBackend.from_url(f"{POSTGRES_URL}?schema={schema}")
+        try:
+            await backend.open()
+            record = encode_task(Task(id=new_task_id(), workflow="deep", version=1))
+            conn = await asyncpg.connect(POSTGRES_URL)
+            try:
+                await conn.execute(
+                    f'INSERT INTO "{schema}".tasks (id, workflow, record, status, version, updated_at, '
+                    "q_workflow, q_due) SELECT lpad(to_hex(g), 32, '0'), 'deep', $1, 'pending', 1, now(), "
+                    "'deep', now() - make_interval(secs => $2 - g) FROM generate_series(1, $2) AS g",
+                    record, depth,
+                )
+                await conn.execute(f'VACUUM ANALYZE "{schema}".tasks')
+            finally:
+                await conn.close()
+
+            async def claim_ack(i: int, backend: PostgresBackend = backend) -> None:
+                claim = await backend.claim("deep", lease=30, wait=0)
+                assert claim is not None
+                await backend.release(claim)  # due again at once: the depth stays the same
+
+            rates[depth] = await _rate(seconds, 1, claim_ack)
+        finally:
+            await backend.close()
+            await _drop_schema(schema)
+    return rates
+
+
+def postgres_report(rows: list[Row], ceiling: dict[str, float] | None, depth: dict[int, float]) -> str:
+    if ceiling is None:
+        return ""
+    out = [
+        "PostgreSQL ceiling from this process (plain asyncpg, same run):",
+        f"  sequential SELECT 1 {fmt_rate(ceiling['select_1'])}/s, sequential commits "
+        f"{fmt_rate(ceiling['commits'])}/s, bare SKIP LOCKED claim+complete with 8 connections "
+        f"{fmt_rate(ceiling['claim_complete_8'])}/s",
+    ]
+    for steps in (1, 3):
+        row = next((r for r in rows if r.backend == "postgres" and r.steps == steps and r.concurrency == 100
+                    and not r.skipped), None)
+        if row is not None:
+            out.append(
+                f"  {steps}-step tasks, one worker at concurrency 100: {fmt_rate(row.completed_per_s)}/s = "
+                f"{row.completed_per_s / ceiling['claim_complete_8']:.0%} of the bare queue ceiling"
+            )
+    if len(depth) == 2:
+        (small, small_rate), (deep, deep_rate) = sorted(depth.items())
+        out.append(
+            f"  claim+release/s, one claimer: {fmt_rate(small_rate)} with {small:,} pending, "
+            f"{fmt_rate(deep_rate)} with {deep:,} pending ({deep_rate / small_rate:.0%}; target >= 80%)"
+        )
+    return "\n".join(out)
+
+
+# -- NATS ----------------------------------------------------------------------------------
+
+#: The NATS server the bench uses; each run gets a stream and a KV bucket of its own, both
+#: deleted afterwards.
+NATS_URL = os.environ.get("SALVADOR_BENCH_NATS_URL", "nats://127.0.0.1:4222")
+
+
+class NatsSetup(BackendSetup):
+    name = "nats"
+
+    def __init__(self) -> None:
+        self.version = "?"
+        self.base = f"bench{os.getpid()}x{secrets.token_hex(3)}"
+        self.runs = 0
+
+    async def unavailable(self) -> str | None:
+        try:
+            import nats
+        except ImportError:
+            return "nats-py not installed (pip install 'salvador-workflows[nats]')"
+        try:
+            nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        except Exception as exc:
+            return f"no NATS server answers at {NATS_URL} ({type(exc).__name__})"
+        try:
+            self.version = str(nc.connected_server_version)
+            await nc.jetstream().account_info()
+        except Exception as exc:
+            return f"NATS at {NATS_URL} has no JetStream ({type(exc).__name__})"
+        finally:
+            await nc.close()
+        return None
+
+    @contextlib.asynccontextmanager
+    async def fresh_url(self) -> AsyncIterator[str]:
+        self.runs += 1
+        name = f"{self.base}r{self.runs}"
+        try:
+            yield f"{NATS_URL}?stream={name}&bucket={name}"
+        finally:
+            await _nats_delete_streams([name, f"KV_{name}"])
+
+    def describe(self) -> str:
+        return (f"NATS {self.version} at {NATS_URL} (nats-py; file storage, one stream and KV bucket "
+                f"per run, named {self.base}*)")
+
+
+async def _nats_delete_streams(names: list[str]) -> None:
+    import nats
+
+    nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        for name in names:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+async def nats_ceiling(seconds: float) -> dict[str, float]:
+    """What plain nats-py gets from the server in this process, on a throwaway work-queue
+    stream with file storage: JetStream publishes acknowledged per second (100 in flight),
+    and messages fetched and acked per second (pull batches of 100, each message acked)."""
+    import nats
+    from nats.js import api
+
+    name = f"benchceiling{os.getpid()}x{secrets.token_hex(3)}"
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=name, subjects=[f"{name}.>"], retention=api.RetentionPolicy.WORK_QUEUE,
+                            storage=api.StorageType.FILE)
+        published = 0
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+
+        async def publisher() -> None:
+            nonlocal published
+            while time.perf_counter() < deadline:
+                await js.publish(f"{name}.q", b"x")
+                published += 1
+
+        await asyncio.gather(*(publisher() for _ in range(100)))
+        publish_rate = published / (time.perf_counter() - started)
+        sub = await js.pull_subscribe(f"{name}.q", durable="c", stream=name)
+        fetched = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline and fetched < published:
+            for msg in await sub.fetch(100, timeout=2):
+                await msg.ack()
+                fetched += 1
+        await nc.flush()
+        fetch_rate = fetched / (time.perf_counter() - started)
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+        await nc.close()
+    return {"publish_ack": publish_rate, "fetch_ack": fetch_rate}
+
+
+async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[str, bool]:
+    """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
+    server's ceiling measured in the same run, and how close the backend gets to it.
+    Returns the text to print and whether something failed."""
+    failed = False
+    for c in (1, 10):
+        n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
+        print(f"[nats] 1-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(await run_one(setup, 1, c, n, plan.latency_samples(c, n)))
+        except Exception as exc:
+            failed = True
+            rows.append(Row("nats", 1, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
+    print("[nats] ceiling ...", file=sys.stderr, flush=True)
+    try:
+        ceiling = await nats_ceiling(1.0 if plan.quick else 3.0)
+    except Exception as exc:
+        return f"NATS ceiling FAILED: {type(exc).__name__}: {exc}", True
+    out = [
+        "NATS ceiling from this process (plain nats-py, file storage, same server, same run): "
+        f"JetStream publish+ack {fmt_rate(ceiling['publish_ack'])}/s (100 in flight), "
+        f"fetch+ack {fmt_rate(ceiling['fetch_ack'])}/s (pull batches of 100)",
+    ]
+    for steps in (1, 3):
+        row = next((r for r in rows if r.backend == "nats" and r.steps == steps and r.concurrency == 100
+                    and not r.skipped), None)
+        if row is None:
+            continue
+        out.append(
+            f"  {steps}-step at concurrency 100: submits {fmt_rate(row.submits_per_s)}/s = "
+            f"{row.submits_per_s / ceiling['publish_ack']:.0%} of publish+ack; completed "
+            f"{fmt_rate(row.completed_per_s)}/s = {row.completed_per_s / ceiling['fetch_ack']:.0%} of "
+            "fetch+ack (a task is one publish and one fetch+ack, plus its KV reads and writes)"
+        )
+    return "\n".join(out), failed
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -747,11 +1056,15 @@ async def bench(plan: Plan) -> int:
     ceiling: dict[str, float] | None = None
     counts: RedisCounts | None = None
     idle: dict[str, float] = {}
+    pg_ceiling: dict[str, float] | None = None
+    pg_depth: dict[int, float] = {}
     across: list[CrossProcess] = []
+    nats_text = ""
     failed = False
     with tempfile.TemporaryDirectory(prefix="salvador-bench-") as tmp:
         setups: dict[str, BackendSetup] = {
-            "memory": MemorySetup(), "sqlite": SQLiteSetup(Path(tmp)), "redis": RedisSetup()
+            "memory": MemorySetup(), "sqlite": SQLiteSetup(Path(tmp)), "redis": RedisSetup(),
+            "postgres": PostgresSetup(), "nats": NatsSetup(),
         }
         for name in plan.backends:
             setup = setups[name]
@@ -795,6 +1108,19 @@ async def bench(plan: Plan) -> int:
                     notes.append(f"redis: counting round trips FAILED: {type(exc).__name__}: {exc}")
                 ceiling = await redis_ceiling(setup.client, 0.5 if plan.quick else 1.5)
                 await setup.close()
+            if isinstance(setup, PostgresSetup):
+                print("[postgres] ceiling and claims at depth ...", file=sys.stderr, flush=True)
+                try:
+                    pg_ceiling = await postgres_ceiling(0.5 if plan.quick else 1.5)
+                    pg_depth = await postgres_depth(
+                        [1_000, 100_000 if plan.quick else 1_000_000], 1.0 if plan.quick else 3.0
+                    )
+                except Exception as exc:
+                    failed = True
+                    notes.append(f"postgres: ceiling/depth FAILED: {type(exc).__name__}: {exc}")
+            if isinstance(setup, NatsSetup):
+                nats_text, nats_failed = await nats_section(setup, plan, rows)
+                failed = failed or nats_failed
 
     print()
     print(f"salvador bench: one process (producer and engine on one event loop), "
@@ -817,6 +1143,13 @@ async def bench(plan: Plan) -> int:
     report = redis_report(rows, ceiling, counts, idle.get("redis"))
     if report:
         print(report)
+    report = postgres_report(rows, pg_ceiling, pg_depth)
+    if report:
+        print()
+        print(report)
+    if nats_text:
+        print()
+        print(nats_text)
     return 1 if failed else 0
 
 

@@ -19,9 +19,12 @@ ENTRY_POINT_GROUP = "salvador.backends"
 DISTRIBUTION = "salvador-workflows"
 
 #: Which extra installs the driver for a scheme we ship, for the "pip install" hint.
-_EXTRAS = {"redis": "redis", "rediss": "redis", "postgresql": "postgres", "postgres": "postgres"}
+_EXTRAS = {
+    "redis": "redis", "rediss": "redis", "postgresql": "postgres", "postgres": "postgres",
+    "nats": "nats", "tls": "nats",
+}
 #: Schemes of backends that are designed but not released yet, so no extra can help.
-_PLANNED = {"nats": "NATS JetStream"}
+_PLANNED: dict[str, str] = {}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 

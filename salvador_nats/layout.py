@@ -1,0 +1,90 @@
+"""Where everything lives on the server: subjects, consumer names, KV keys and headers.
+
+Workflow names are chosen by users, so they never reach a subject, a consumer name or a
+key as they are: a name is written as `w` + the hex of its UTF-8 bytes. Hex has no `.`,
+`*`, `>` or space, so no name can split a subject into extra tokens, act as a wildcard or
+spell another workflow's subject; the encoding is one-to-one, so a name that *is* another
+name's encoding gets an encoding of its own. Idempotency keys are encoded the same way.
+
+Stream `<stream>` (work-queue retention) holds two subjects per workflow:
+
+- `<stream>.q.<w>`: ready tasks, read by the durable pull consumer `q-<w>`;
+- `<stream>.d.<w>`: delayed tasks, read by `d-<w>`, whose reader (`delays.Promoter`) holds
+  each message back with `nak(delay)` until it is due and then republishes it to `q`.
+
+KV bucket `<bucket>` holds, per task:
+
+- `t.<id>`: the record (`encode_task`); its KV revision is the fence of every write;
+- `l.<id>`: the current lease, the ack subject of the delivery that holds it, written at
+  claim time; `ack`, `extend` and `release` compare-and-set it by revision;
+- `k.<w>.<key hex>`: the task id holding an idempotency key, created before the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+#: Stream and bucket names: what JetStream allows in both and in a subject token.
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+#: Task ids become KV keys; the engine's ids are hex, a caller's own must fit a key token.
+TASK_ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}$")
+
+#: Consumer names longer than this are replaced by a digest (servers keep them as
+#: directory names, which file systems limit to 255 bytes).
+MAX_CONSUMER_NAME = 120
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+#: The record version a message was published for (a submit: 1; a requeue: the version it
+#: writes). A claimer that finds an older record waits for the write still in flight, and
+#: drops the message once the publisher's grace is over (it crashed before writing).
+HEADER_VERSION = "Salvador-Version"
+#: Due time of a delayed message, epoch milliseconds.
+HEADER_DUE = "Salvador-Due"
+
+
+def token(text: str) -> str:
+    """`w` + hex of the UTF-8 bytes: a subject token and key part that is never a wildcard,
+    never empty and never another text's token."""
+    return "w" + text.encode("utf-8", "surrogatepass").hex()
+
+
+def ready_subject(stream: str, workflow: str) -> str:
+    return f"{stream}.q.{token(workflow)}"
+
+
+def delayed_subject(stream: str, workflow: str) -> str:
+    return f"{stream}.d.{token(workflow)}"
+
+
+def consumer_name(kind: str, workflow: str) -> str:
+    """`q-w<hex>` / `d-w<hex>`, or `q-sha-<digest>` for a long name (`s`, `h` and the dash
+    never occur in hex, so a digest name never equals a plain one)."""
+    name = f"{kind}-{token(workflow)}"
+    if len(name) <= MAX_CONSUMER_NAME:
+        return name
+    digest = hashlib.sha256(workflow.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{kind}-sha-{digest}"
+
+
+def record_key(task_id: str) -> str:
+    return f"t.{task_id}"
+
+
+def lease_key(task_id: str) -> str:
+    return f"l.{task_id}"
+
+
+def idempotency_key(workflow: str, key: str) -> str:
+    return f"k.{token(workflow)}.{token(key)}"
+
+
+def check_task_id(task_id: str) -> str:
+    """`task_id` if it can be a KV key token, else ValueError saying what fits."""
+    if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+        raise ValueError(
+            f"task id {task_id!r} cannot be stored in a NATS KV key: use letters, digits, '_', "
+            "'=' or '-' (1 to 200 of them), as the engine's own ids do"
+        )
+    return task_id

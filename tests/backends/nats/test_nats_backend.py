@@ -1,0 +1,366 @@
+"""What is particular to the NATS backend: the late-ack hazard, messages waiting for their
+record, deliveries pulled ahead, hostile workflow names, the stream and bucket settings it
+refuses or warns about, URLs, and the ways to log in (password, token, NKEY, TLS).
+
+Most tests use the shared server ($SALVADOR_TEST_NATS_URL) with a stream and bucket of
+their own; those that need a server configured for them start a private one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nacl.signing
+import nkeys
+import pytest
+import pytest_asyncio
+from nats.js import api
+
+from salvador_core import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    Engine,
+    LeaseLostError,
+    StepContext,
+    Workflow,
+)
+from salvador_core.config import connect
+from salvador_core.task import Task, TaskStatus, new_task_id
+from salvador_nats import NatsBackend
+from salvador_nats.layout import consumer_name, token
+from tests.helpers.nats_servers import ServerFactory
+
+
+@pytest_asyncio.fixture
+async def backend(nats_url: str, nats_names: tuple[str, str]) -> AsyncIterator[NatsBackend]:
+    stream, bucket = nats_names
+    async with NatsBackend.from_url(f"{nats_url}?stream={stream}&bucket={bucket}&publish_grace=1") as b:
+        yield b
+
+
+async def pending_acks(backend: NatsBackend, workflow: str) -> int:
+    info = await backend.js.consumer_info(backend.settings.stream, consumer_name("q", workflow))
+    return int(info.num_ack_pending or 0)
+
+
+# -- the late-ack hazard (nats-server issue 4786) ---------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_slow_worker_past_its_ack_wait_can_neither_save_nor_ack_over_the_redelivery(
+    backend: NatsBackend,
+) -> None:
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
+    slow = await backend.claim("wf", lease=0.5, wait=2)  # and never heartbeats
+    assert slow is not None
+    await asyncio.sleep(0.7)
+    fresh = await backend.claim("wf", lease=30, wait=3)
+    assert fresh is not None
+    assert (fresh.task_id, fresh.deliveries) == (task.id, 2)
+    owned = await backend.update(task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="fresh"), 1)
+
+    with pytest.raises(ConflictError):  # the slow worker's late save: the revision moved on
+        await backend.update(task.evolve(step=1, owner="slow"), 1)
+    with pytest.raises(LeaseLostError):  # its late ack: refused before it reaches the server
+        await backend.ack(slow)
+    with pytest.raises(ConflictError):  # and a late settle writes nothing, acks nothing
+        await backend.settle(task.evolve(status=TaskStatus.COMPLETED), 1, slow)
+    # On the server the message is still pending for the fresh delivery: the stale ack did
+    # not remove it (which a plain JetStream ack from the old delivery would have done).
+    assert await pending_acks(backend, "wf") == 1
+    await backend.release(fresh)
+    again = await backend.claim("wf", lease=30, wait=3)
+    assert again is not None
+    assert (again.task_id, again.deliveries) == (task.id, 3)
+    stored = await backend.get(task.id)
+    assert stored is not None
+    assert (stored.owner, stored.version) == ("fresh", owned.version)
+
+
+@pytest.mark.asyncio
+async def test_requeue_voids_every_lease_from_before_it(backend: NatsBackend) -> None:
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
+    stale = await backend.claim("wf", lease=30, wait=2)
+    assert stale is not None
+    failed = await backend.update(task.evolve(status=TaskStatus.FAILED), 1)
+    again = await backend.requeue(failed.evolve(status=TaskStatus.PENDING), failed.version)
+    for call in (backend.extend(stale, lease=30), backend.ack(stale), backend.release(stale, delay=60)):
+        with pytest.raises(LeaseLostError):
+            await call
+    fresh = await backend.claim("wf", lease=30, wait=2)
+    assert fresh is not None
+    assert fresh.task is not None
+    assert (fresh.task_id, fresh.task.version) == (task.id, again.version)
+
+
+# -- submit's two writes ----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_message_waits_for_its_record_within_the_grace_and_is_dropped_after_it(
+    backend: NatsBackend,
+) -> None:
+    early = Task(id=new_task_id(), workflow="wf")
+    orphan = Task(id=new_task_id(), workflow="wf")
+    # What a producer that died between its two writes leaves: a message, no record.
+    await backend._publish("wf", early.id, version=1, not_before=None)
+    await backend._publish("wf", orphan.id, version=1, not_before=None)
+    assert await backend.claim("wf", lease=30, wait=0.2) is None, "a message without a record was handed out"
+    await backend.create(early)  # the slow producer's record lands within the grace
+    claim = await backend.claim("wf", lease=30, wait=2)
+    assert claim is not None
+    assert claim.task_id == early.id
+    await backend.ack(claim)
+    assert await backend.claim("wf", lease=30, wait=1.5) is None  # the orphan's grace runs out
+
+    async def queue_empty() -> bool:
+        return (await backend.js.stream_info(backend.settings.stream)).state.messages == 0
+
+    deadline = time.monotonic() + 5
+    while not await queue_empty():
+        assert time.monotonic() < deadline, "a message whose record never came was kept"
+        await backend.claim("wf", lease=30, wait=0.2)
+
+
+@pytest.mark.asyncio
+async def test_duplicate_submit_publishes_nothing_new(backend: NatsBackend) -> None:
+    first = await backend.submit(Task(id=new_task_id(), workflow="wf", idempotency_key="k"))
+    again = await backend.submit(Task(id=new_task_id(), workflow="wf", idempotency_key="k"))
+    assert again.id == first.id
+    info = await backend.js.stream_info(backend.settings.stream)
+    assert info.state.messages == 1
+
+
+# -- deliveries pulled ahead ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_deliveries_pulled_ahead_go_back_at_once_when_the_claimer_closes(
+    nats_url: str, nats_names: tuple[str, str],
+) -> None:
+    stream, bucket = nats_names
+    url = f"{nats_url}?stream={stream}&bucket={bucket}"
+    async with NatsBackend.from_url(url) as first, NatsBackend.from_url(url) as second:
+        ids = [(await first.submit(Task(id=new_task_id(), workflow="wf"))).id for _ in range(10)]
+        claim = await first.claim("wf", lease=30, wait=2)  # pulls the other nine ahead
+        assert claim is not None
+        await first.close()
+        started = time.monotonic()
+        rest = []
+        while (other := await second.claim("wf", lease=30, wait=0.5)) is not None:
+            rest.append(other.task_id)
+        assert sorted(rest) == sorted(set(ids) - {claim.task_id})
+        assert time.monotonic() - started < 5, "deliveries pulled ahead were held until their AckWait"
+
+
+# -- names --------------------------------------------------------------------------------------
+
+#: Names that would break a naive subject or key: separators, wildcards, spaces, unicode,
+#: and names that are other names' encodings (token("a") == "w61").
+HOSTILE = [
+    "a.b", "a", "*", ">", "a b", " lead and trail ", "café ✓ 工作流", "a.>",
+    token("a"), token(token("a")), f"q-{token('a')}",
+]
+
+
+@pytest.mark.asyncio
+async def test_hostile_workflow_names_stay_isolated(backend: NatsBackend) -> None:
+    ids = {}
+    for name in HOSTILE:
+        ids[name] = {(await backend.submit(Task(id=new_task_id(), workflow=name))).id for _ in range(2)}
+    subjects = {token(name) for name in HOSTILE}
+    assert len(subjects) == len(HOSTILE), "two names share a subject token"
+    for name in HOSTILE:
+        got = set()
+        while (claim := await backend.claim(name, lease=30, wait=0)) is not None:
+            assert claim.workflow == name
+            got.add(claim.task_id)
+            await backend.ack(claim)
+        assert got == ids[name], f"workflow {name!r} got another workflow's tasks or lost its own"
+
+    ran: dict[str, list[str]] = {name: [] for name in HOSTILE}
+    flows = []
+    for name in HOSTILE:
+        def record(ctx: StepContext, name: str = name) -> None:
+            ran[name].append(ctx.task.workflow)
+        flows.append(Workflow(name).step("only", record))
+    engine = Engine(backend, workflows=flows)
+    submitted = {name: await engine.submit(name) for name in HOSTILE}
+    worker = asyncio.create_task(engine.run(handle_signals=False))
+    try:
+        deadline = time.monotonic() + 15
+        while any(not ran[name] for name in HOSTILE):
+            assert time.monotonic() < deadline, {n: r for n, r in ran.items() if not r}
+            await asyncio.sleep(0.02)
+    finally:
+        engine.stop()
+        await worker
+    assert ran == {name: [name] for name in HOSTILE}
+    await backend.open()  # engine.run() closed it on its way out
+    for name, tid in submitted.items():
+        task = await backend.get(tid)
+        assert task is not None
+        assert (task.workflow, task.status) == (name, TaskStatus.COMPLETED)
+
+
+# -- stream and bucket settings ---------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_stream_and_bucket_are_created_with_file_storage_and_work_queue_retention(
+    backend: NatsBackend,
+) -> None:
+    stream = (await backend.js.stream_info(backend.settings.stream)).config
+    bucket = (await backend.js.stream_info(f"KV_{backend.settings.bucket}")).config
+    assert stream.retention == api.RetentionPolicy.WORK_QUEUE
+    assert (stream.storage, bucket.storage) == (api.StorageType.FILE, api.StorageType.FILE)
+    assert not stream.max_age
+    assert not bucket.max_age
+    assert bucket.max_msgs_per_subject == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_is_not_a_work_queue_is_refused(
+    nats_url: str, nats_names: tuple[str, str]
+) -> None:
+    stream, bucket = nats_names
+    async with NatsBackend.from_url(f"{nats_url}?stream={stream}x&bucket={bucket}") as probe:
+        await probe.js.add_stream(name=stream, subjects=[f"{stream}.>"], retention=api.RetentionPolicy.LIMITS)
+    with pytest.raises(ConfigurationError, match="work-queue retention"):
+        await NatsBackend.from_url(f"{nats_url}?stream={stream}&bucket={bucket}").open()
+
+
+@pytest.mark.asyncio
+async def test_memory_storage_is_warned_about(
+    nats_url: str, nats_names: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    stream, bucket = nats_names
+    async with NatsBackend.from_url(f"{nats_url}?stream={stream}x&bucket={bucket}x") as probe:
+        await probe.js.add_stream(
+            name=stream, subjects=[f"{stream}.q.*", f"{stream}.d.*"],
+            retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.MEMORY,
+        )
+    with caplog.at_level(logging.WARNING, logger="salvador.nats"):
+        async with NatsBackend.from_url(f"{nats_url}?stream={stream}&bucket={bucket}"):
+            pass
+    assert any("memory storage" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("nats://h:4222?stream=a.b", "not a valid JetStream name"),
+        ("nats://h:4222?bucket=", "not a valid JetStream name"),
+        ("nats://h:4222?replicas=0", "replicas must be at least 1"),
+        ("nats://h:4222?replicas=7", "replicas must be 1 to 5"),
+        ("nats://h:4222?colour=red", "unknown option"),
+        ("nats://h:4222?stream=a&stream=b", "given twice"),
+        ("nats://h:port", "no valid port"),
+        ("nats://h:4222?creds=/no/such.creds", "no such file"),
+        ("nats://h:4222?tls_cert=/etc/hostname", "go together"),
+        ("nats://u:p@h:4222?token=t", "one way to authenticate"),
+        ("nats://h:4222?publish_grace=-1", "publish_grace"),
+        ("http://h:4222", "nats:// or tls://"),
+    ],
+)
+def test_bad_urls_are_refused_with_the_reason(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        NatsBackend.from_url(url)
+
+
+def test_urls_find_the_backend_and_read_their_options() -> None:
+    backend = connect("nats://a:1,b:2?stream=s&bucket=k&replicas=3&publish_grace=5")
+    assert isinstance(backend, NatsBackend)
+    settings = backend.settings
+    assert settings.servers == ["nats://a:1", "nats://b:2"]
+    assert (settings.stream, settings.bucket, settings.replicas, settings.publish_grace) == ("s", "k", 3, 5.0)
+    assert isinstance(connect("tls://h:4222"), NatsBackend)
+    assert NatsBackend.from_url("tls://h").settings.tls
+
+
+def test_secrets_never_show_in_repr_or_settings() -> None:
+    for url in ("nats://user:hunter2@h:4222", "nats://hunter2@h:4222", "nats://h:4222?token=hunter2"):
+        backend = NatsBackend.from_url(url)
+        assert "hunter2" not in repr(backend)
+        assert "hunter2" not in repr(backend.settings)
+        assert "hunter2" not in backend.where
+
+
+@pytest.mark.asyncio
+async def test_unreachable_server_is_unavailable_and_named_without_its_password() -> None:
+    from tests.helpers.redis_servers import free_port
+
+    url = f"nats://app:hunter2@127.0.0.1:{free_port()}?connect_timeout=0.5"
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        await NatsBackend.from_url(url).open()
+    assert time.monotonic() - started < 10
+    assert f"nats://app:***@127.0.0.1:{url.split(':')[3].split('?')[0]}" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+# -- logging in: password, token, NKEY, TLS (private servers) ----------------------------------
+
+
+async def _runs_a_task(url: str) -> None:
+    ran: list[str] = []
+    wf = Workflow("auth").step("only", lambda ctx: ran.append(ctx.task.id))
+    async with Engine.from_url(url, workflows=[wf]) as engine:
+        tid = await engine.submit(wf)
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        deadline = time.monotonic() + 10
+        while not ran:
+            assert time.monotonic() < deadline, "the task did not run"
+            await asyncio.sleep(0.02)
+        engine.stop()
+        await worker
+    assert ran == [tid]
+
+
+@pytest.mark.asyncio
+async def test_password_and_token_log_in_and_a_wrong_password_is_a_clear_error(
+    nats_servers: ServerFactory,
+) -> None:
+    users = nats_servers.server('authorization { users: [ { user: app, password: "s3cret" } ] }')
+    await _runs_a_task(users.url().replace("nats://", "nats://app:s3cret@"))
+    with pytest.raises(ConfigurationError, match="refused the credentials") as caught:
+        await NatsBackend.from_url(users.url().replace("nats://", "nats://app:wrong@")).open()
+    assert "wrong" not in str(caught.value)
+    tokens = nats_servers.server('authorization { token: "t0ken" }')
+    await _runs_a_task(tokens.url(token="t0ken"))
+
+
+@pytest.mark.asyncio
+async def test_nkey_seed_file_logs_in(nats_servers: ServerFactory, tmp_path: Path) -> None:
+    raw = bytes(nacl.signing.SigningKey.generate())
+    seed = nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(seed).public_key.decode()
+    (tmp_path / "user.nk").write_bytes(seed)
+    server = nats_servers.server(f'authorization {{ users: [ {{ nkey: "{public}" }} ] }}')
+    await _runs_a_task(server.url(nkey=str(tmp_path / "user.nk")))
+
+
+@pytest.mark.asyncio
+async def test_tls_url_talks_tls_and_verifies_the_server(nats_servers: ServerFactory, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(made.communicate(), 60)
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {stderr.decode()[-300:]}")
+    server = nats_servers.server(f'tls {{ cert_file: "{cert}", key_file: "{key}" }}')
+    tls_url = server.url(tls_ca=str(cert)).replace("nats://", "tls://")
+    await _runs_a_task(tls_url)
+    with pytest.raises(ConfigurationError, match="CERTIFICATE_VERIFY_FAILED"):  # an unknown CA
+        await NatsBackend.from_url(server.url(connect_timeout="0.5").replace("nats://", "tls://")).open()
