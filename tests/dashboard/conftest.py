@@ -82,7 +82,7 @@ def stored(url: str, task_id: str) -> Task | None:
     return run_async(read)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: a live sync Playwright leaves a loop running here
 def browser() -> Iterator[Any]:
     """Chromium at /usr/bin/chromium, headless (missing: skip, or fail under
     SALVADOR_REQUIRE_BACKENDS=1)."""
