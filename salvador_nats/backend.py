@@ -426,7 +426,7 @@ class NatsBackend:
         revision, reply = _receipt(claim)
         self._check_deadline(claim)
         try:
-            new_revision = await self._lease_write(claim.task_id, reply.encode(), revision)
+            new_revision = await self._lease_write(claim.task_id, _lease_value(reply, lease), revision)
         except _StaleLease:
             raise LeaseLostError(claim.task_id, "another delivery holds the task now") from None
         queue = await self._queue(claim.workflow, lease)
@@ -731,11 +731,18 @@ class NatsBackend:
         if not layout.TASK_ID.match(task_id):
             await self.nc.publish(msg.reply, b"+ACK")  # not ours to run: no such task can exist
             return None
-        # The lease entry is written while the record is read (one round trip, not two); a
-        # message that turns out not to be claimable takes its entry back.
+        # The lease entry is taken while the record is read (one round trip, not two); a
+        # message that turns out not to be claimable gives its entry back. A task can have
+        # two messages at once (a producer's and its adopting retry's): the entry is taken
+        # only if no live claim holds it, or a duplicate delivery would run the task beside
+        # the first and read its `running` record as a lost worker's.
         found, revision = await asyncio.gather(
-            self._read(task_id), self.kv.put(layout.lease_key(task_id), msg.reply.encode())
+            self._read(task_id), self._take_lease(task_id, msg.reply, lease)
         )
+        if revision is None:
+            holder_left = max(0.05, self._lease_left(await self._lease_entry(task_id), lease))
+            await self.nc.publish(msg.reply, _nak(holder_left))  # back when the holder is done
+            return None
         task: Task | None = None
         version: int | None = None
         if found is not None:
@@ -759,6 +766,47 @@ class NatsBackend:
         return Claim(
             task_id, workflow, f"{revision} {msg.reply}", meta.num_delivered, sent_at + lease, task
         )
+
+    async def _take_lease(self, task_id: str, reply: str, lease: float) -> int | None:
+        """Create the lease entry of `task_id` for this delivery, or take over one whose
+        holder's lease ran out (it died); None while another claim's lease is live."""
+        key = layout.lease_key(task_id)
+        value = _lease_value(reply, lease)
+        for _ in range(3):
+            try:
+                return await self.kv.create(key, value)
+            except jx.KeyWrongLastSequenceError:
+                pass
+            entry = await self._lease_entry(task_id)
+            if entry is None:
+                continue  # ended meanwhile: try to create it again
+            if self._lease_left(entry, lease) > 0:
+                return None
+            try:
+                return await self.kv.update(key, value, last=entry.revision)
+            except jx.KeyWrongLastSequenceError:
+                continue
+        return None
+
+    async def _lease_entry(self, task_id: str) -> Any:
+        try:
+            return await self.kv.get(layout.lease_key(task_id))
+        except (jx.KeyNotFoundError, jx.KeyDeletedError):
+            return None
+
+    @staticmethod
+    def _lease_left(entry: Any, lease: float) -> float:
+        """Seconds the claim behind a lease `entry` still holds it (0: ran out, or gone).
+        The entry says when it was written and for how long (`reply lease written-at`);
+        an entry of an older salvador (only the reply) counts as written just now."""
+        if entry is None or not entry.value:
+            return 0.0
+        parts = entry.value.decode(errors="replace").split()
+        try:
+            held_for, written = float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            return lease
+        return written + held_for - time.time()
 
     async def _extend_to(self, claim: Claim, lease: float) -> Claim:
         return await self.extend(claim, lease=lease)
@@ -836,3 +884,8 @@ def _receipt(claim: Claim) -> tuple[int, str]:
 def _nak(delay: float) -> bytes:
     """`-NAK` with a delay: the server hands the message back `delay` seconds from now."""
     return b"-NAK " + json.dumps({"delay": max(1, int(delay * 1e9))}).encode()
+
+
+def _lease_value(reply: str, lease: float) -> bytes:
+    """A lease entry: the delivery's reply subject, the lease it was granted, and when."""
+    return f"{reply} {lease:.3f} {time.time():.3f}".encode()

@@ -42,5 +42,5 @@ class TestNatsConformance(BackendConformance):
             return
         await backend.kv.delete(f"l.{claim.task_id}")
         if entry.value:
-            await backend.nc.publish(entry.value.decode(), b"-NAK")
+            await backend.nc.publish(entry.value.decode().split()[0], b"-NAK")  # reply lease at
             await backend.nc.flush()

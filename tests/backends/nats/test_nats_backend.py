@@ -98,6 +98,26 @@ async def test_requeue_voids_every_lease_from_before_it(backend: NatsBackend) ->
     assert (fresh.task_id, fresh.task.version) == (task.id, again.version)
 
 
+@pytest.mark.asyncio
+async def test_a_second_message_of_a_task_held_by_a_live_claim_is_not_claimed_beside_it(
+    backend: NatsBackend,
+) -> None:
+    # A task with two messages, as a producer that died mid-submit and its adopting retry
+    # leave: the second delivery must wait for the first claim, not run the task beside it
+    # (the second run then took the first's `running` record for a lost worker's).
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
+    await backend._publish("wf", task.id, version=1, not_before=None, suffix=".again")
+    first = await backend.claim("wf", lease=3, wait=2)
+    assert first is not None
+    assert first.task_id == task.id
+    assert await backend.claim("wf", lease=3, wait=0.5) is None, "a second live claim of one task"
+    await backend.ack(first)
+    second = await backend.claim("wf", lease=3, wait=6)
+    assert second is not None, "the duplicate never came back once the first claim ended"
+    assert second.task_id == task.id
+    await backend.ack(second)
+
+
 # -- submit's two writes ----------------------------------------------------------------------
 
 

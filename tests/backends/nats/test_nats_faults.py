@@ -303,13 +303,6 @@ async def test_cluster_stream_leader_killed_during_2000_tasks_loses_none_and_rer
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (issue 15): about 1 run in 7 a re-submitted task has two messages "
-    "(the dead producer's and the adopting retry's) delivered at once; the second run reads "
-    "the first run's RUNNING record as a lost worker and, with max_attempts=1, dead-letters "
-    "it worker-lost (see docs/backends/nats.md)",
-)
 async def test_producers_killed_between_their_writes_100_times_leave_no_task_unrun(
     nats_servers: ServerFactory, producer_for: Callable[[str], Awaitable[Engine]],
     workers_for: Callable[[str], Workers], workdir: Path,
