@@ -224,6 +224,8 @@ def _install_signal_handlers(
         try:
             loop.add_signal_handler(sig, stop)
         except (NotImplementedError, RuntimeError):
+            # No signal handling on this loop (Windows' proactor loop, a loop that is not
+            # the main thread's): run() is then stopped by stop() or by cancelling it.
             continue
         installed.append(sig)
     return installed

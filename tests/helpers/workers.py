@@ -72,3 +72,24 @@ async def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> N
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def submit_many(engine: Any, n: int, *, batch: int = 200, tag: str = "n") -> list[str]:
+    """Submit `n` tasks of the `counted` workflow ({tag: i} bodies), `batch` at a time."""
+    ids: list[str] = []
+    for start in range(0, n, batch):
+        chunk = range(start, min(n, start + batch))
+        ids += await asyncio.gather(*(engine.submit("counted", {tag: i}) for i in chunk))
+    return ids
+
+
+async def all_tasks(engine: Any, workflow: str | None = None) -> list[Any]:
+    """Every stored task (of `workflow`), page by page."""
+    tasks: list[Any] = []
+    cursor = None
+    while True:
+        page = await engine.list_tasks(workflow=workflow, limit=500, cursor=cursor)
+        tasks += page.tasks
+        if page.cursor is None:
+            return tasks
+        cursor = page.cursor

@@ -15,17 +15,15 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from salvador_core import BackendUnavailableError, Engine, Task, TaskStatus
 from salvador_nats import NatsBackend
 from tests.helpers.nats_servers import NATS_BINARY, NATS_VERSION, NatsCluster, ServerFactory
-from tests.helpers.worker_app import build
-from tests.helpers.workers import Workers, count_of, effect_lines, effects, wait_for
+from tests.helpers.workers import Workers, count_of, effect_lines, effects, submit_many, wait_for
 
 PRODUCER = Path(__file__).with_name("producer_app.py")
 
@@ -36,49 +34,6 @@ def test_fault_tests_run_on_the_newest_server_binary() -> None:
     assert NATS_BINARY is None or NATS_VERSION != "none"
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "effects.log").touch()
-    return tmp_path
-
-
-@pytest.fixture
-def workers_for(workdir: Path) -> Iterator[Callable[[str], Workers]]:
-    pools: list[Workers] = []
-
-    def make(url: str) -> Workers:
-        pools.append(Workers(url, workdir))
-        return pools[-1]
-
-    yield make
-    for pool in pools:
-        pool.stop_all()
-
-
-@pytest_asyncio.fixture
-async def producer_for(workdir: Path) -> AsyncIterator[Callable[[str], Awaitable[Engine]]]:
-    engines: list[Engine] = []
-
-    async def make(url: str) -> Engine:
-        engine = Engine.from_url(url, workflows=build(workdir, "none"))
-        await engine.open()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        try:
-            await engine.close()
-        except Exception:
-            pass
-
-
-async def submit_many(engine: Engine, n: int, *, batch: int = 200) -> list[str]:
-    ids: list[str] = []
-    for start in range(0, n, batch):
-        chunk = range(start, min(n, start + batch))
-        ids += await asyncio.gather(*(engine.submit("counted", {"n": i}) for i in chunk))
-    return ids
 
 
 async def statuses(engine: Engine, ids: list[str]) -> dict[str, TaskStatus | None]:

@@ -13,78 +13,23 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-from salvador_core import Engine, Task, TaskStatus
+from salvador_core import Engine, TaskStatus
 from tests.helpers.postgres_servers import PostgresServer
-from tests.helpers.worker_app import build
-from tests.helpers.workers import Workers, count_of, effects, wait_for
+from tests.helpers.workers import Workers, all_tasks, count_of, effects, submit_many, wait_for
 
 pytestmark = pytest.mark.asyncio
 
 WORKER_APP = "salvador-worker"
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "effects.log").touch()
-    return tmp_path
 
 
-@pytest.fixture
-def workers_for(workdir: Path) -> Iterator[Callable[[str], Workers]]:
-    pools: list[Workers] = []
-
-    def make(url: str) -> Workers:
-        pools.append(Workers(url, workdir))
-        return pools[-1]
-
-    yield make
-    for pool in pools:
-        pool.stop_all()
-
-
-@pytest_asyncio.fixture
-async def producer_for(workdir: Path) -> AsyncIterator[Callable[[str], Awaitable[Engine]]]:
-    engines: list[Engine] = []
-
-    async def make(url: str) -> Engine:
-        engine = Engine.from_url(url, workflows=build(workdir, "none"))
-        await engine.open()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        try:
-            await engine.close()
-        except Exception:
-            pass
-
-
-async def submit_many(engine: Engine, n: int, *, batch: int = 200) -> list[str]:
-    ids: list[str] = []
-    for start in range(0, n, batch):
-        ids += await asyncio.gather(
-            *(engine.submit("counted", {"n": i}) for i in range(start, min(n, start + batch)))
-        )
-    return ids
-
-
-async def all_tasks(engine: Engine) -> list[Task]:
-    tasks: list[Task] = []
-    cursor = None
-    while True:
-        page = await engine.list_tasks(limit=500, cursor=cursor)
-        tasks += page.tasks
-        if page.cursor is None:
-            return tasks
-        cursor = page.cursor
 
 
 def worker_url(server: PostgresServer) -> str:

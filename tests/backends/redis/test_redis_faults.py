@@ -13,17 +13,15 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from salvador_core import ConfigurationError, Engine, Task, TaskStatus
 from tests.helpers.redis_servers import RedisCluster, RedisServer, ServerFactory, command, unique
-from tests.helpers.worker_app import build
-from tests.helpers.workers import Workers, count_of, effects, wait_for
+from tests.helpers.workers import Workers, all_tasks, count_of, effects, submit_many, wait_for
 
 #: Figures measured while the tests run, printed at the end of the session (-s) or kept
 #: for the report in `pytest -rA` output via the test's own prints.
@@ -36,62 +34,8 @@ NO_PERSISTENCE = ("--appendonly", "no")
 # -- processes ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "effects.log").touch()
-    return tmp_path
 
 
-@pytest.fixture
-def workers_for(workdir: Path) -> Iterator[Callable[[str], Workers]]:
-    pools: list[Workers] = []
-
-    def make(url: str) -> Workers:
-        pools.append(Workers(url, workdir))
-        return pools[-1]
-
-    yield make
-    for pool in pools:
-        pool.stop_all()
-
-
-@pytest_asyncio.fixture
-async def producer_for(workdir: Path) -> AsyncIterator[Callable[[str], Awaitable[Engine]]]:
-    """Opens an engine (the test's producer) on a URL; all closed after the test."""
-    engines: list[Engine] = []
-
-    async def make(url: str) -> Engine:
-        engine = Engine.from_url(url, workflows=build(workdir, "none"))
-        await engine.open()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        try:
-            await engine.close()
-        except Exception:
-            pass
-
-
-async def submit_many(engine: Engine, n: int, *, batch: int = 200, tag: str = "n") -> list[str]:
-    ids: list[str] = []
-    for start in range(0, n, batch):
-        ids += await asyncio.gather(
-            *(engine.submit("counted", {tag: i}) for i in range(start, min(n, start + batch)))
-        )
-    return ids
-
-
-async def all_tasks(engine: Engine, workflow: str | None = None) -> list[Task]:
-    tasks: list[Task] = []
-    cursor = None
-    while True:
-        page = await engine.list_tasks(workflow=workflow, limit=500, cursor=cursor)
-        tasks += page.tasks
-        if page.cursor is None:
-            return tasks
-        cursor = page.cursor
 
 
 # -- 1. a worker SIGKILLed in the middle of a step -----------------------------------------
