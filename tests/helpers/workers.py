@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,13 @@ def effect_lines(workdir: Path) -> list[list[str]]:
 def effects(workdir: Path) -> Counter[tuple[str, str]]:
     """How often each (event, task id) happened, from the steps' own side-effect log."""
     return Counter((row[0], row[1]) for row in effect_lines(workdir))
+
+
+def all_ran(workdir: Path, event: str, task_ids: Iterable[str]) -> bool:
+    """Whether `event` happened for every one of `task_ids` (the log read once: a
+    `wait_for` condition that reads it once per task is quadratic, minutes for 3,000)."""
+    ran = {row[1] for row in effect_lines(workdir) if row[0] == event}
+    return all(task_id in ran for task_id in task_ids)
 
 
 def count_of(workdir: Path, event: str) -> int:

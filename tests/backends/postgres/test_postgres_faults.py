@@ -21,7 +21,7 @@ import pytest
 
 from salvador_core import Engine, TaskStatus
 from tests.helpers.postgres_servers import PostgresServer
-from tests.helpers.workers import Workers, all_tasks, count_of, effects, submit_many, wait_for
+from tests.helpers.workers import Workers, all_ran, all_tasks, count_of, effects, submit_many, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,7 +100,7 @@ async def test_immediate_restart_with_1000_tasks_in_flight_loses_nothing(
     await wait_for(lambda: count_of(workdir, "three") > at_restart, 30, "work to resume after the restart")
     resumed_s = time.monotonic() - up_at
 
-    await wait_for(lambda: all(effects(workdir)[("three", t)] for t in ids), 120, "all 1,000 tasks")
+    await wait_for(lambda: all_ran(workdir, "three", ids), 120, "all 1,000 tasks")
     tasks = {t.id: t for t in await all_tasks(producer)}
     assert set(tasks) == set(ids), "tasks were lost or invented across the restart"
     assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
@@ -164,7 +164,7 @@ async def test_terminating_worker_connections_during_3000_tasks_loses_and_reruns
     print(f"\nkiller done at {time.monotonic() - began:.1f} s")
 
     try:
-        await wait_for(lambda: all(effects(workdir)[("three", t)] for t in ids), 60, "all 3,000 tasks")
+        await wait_for(lambda: all_ran(workdir, "three", ids), 60, "all 3,000 tasks")
     except AssertionError as exc:
         unfinished = [t for t in await all_tasks(producer) if t.status is not TaskStatus.COMPLETED]
         detail = [(t.status.value, t.step, t.attempt, t.dead_letter) for t in unfinished[:10]]

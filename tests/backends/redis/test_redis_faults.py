@@ -21,7 +21,7 @@ import pytest
 
 from salvador_core import ConfigurationError, Engine, Task, TaskStatus
 from tests.helpers.redis_servers import RedisCluster, RedisServer, ServerFactory, command, unique
-from tests.helpers.workers import Workers, all_tasks, count_of, effects, submit_many, wait_for
+from tests.helpers.workers import Workers, all_ran, all_tasks, count_of, effects, submit_many, wait_for
 
 #: Figures measured while the tests run, printed at the end of the session (-s) or kept
 #: for the report in `pytest -rA` output via the test's own prints.
@@ -174,7 +174,7 @@ async def test_unpersisted_server_restart_keeps_the_worker_serving_new_work(
 
     new = await submit_many(producer, 50, tag="new")  # the producer reconnects by itself
     await wait_for(
-        lambda: all(effects(workdir)[("three", tid)] for tid in new), 30, "new work after the restart"
+        lambda: all_ran(workdir, "three", new), 30, "new work after the restart"
     )
     FIGURES["volatile_restart"] = {
         "server_restart_s": round(restart_s, 3),
@@ -234,7 +234,7 @@ async def test_client_kills_during_claims_and_saves_lose_nothing(
     kills = sum(1 for n in rounds if n)
 
     await wait_for(
-        lambda: all(effects(workdir)[("three", tid)] for tid in ids), 60, "all 3,000 tasks to finish"
+        lambda: all_ran(workdir, "three", ids), 60, "all 3,000 tasks to finish"
     )
     for tid in ids:
         task = await producer.get_task(tid)
