@@ -3,25 +3,33 @@
 `await findings(backend)` reads the backend's own settings (through its open connection)
 and returns one `Finding` per risk: what is lost, in plain words, and the fix. An empty list
 means salvador knows of nothing a crash would lose. `salvador check` prints them; an engine
-may call it when it opens (it costs a few reads: two PRAGMAs, or three Redis commands, and
-never raises for a setting it cannot read: that becomes a `NOTE`).
+may call it when it opens (it costs a few reads: two PRAGMAs, three Redis commands, two
+PostgreSQL queries, or two JetStream stream infos, and never raises for a setting it cannot
+read: that becomes a `NOTE`).
 
 Severity says what it takes to lose tasks:
 
 - `CRITICAL`: a crash or restart of a process or server, or memory pressure, loses stored
   tasks (memory://, Redis without persistence or with eviction, SQLite with
-  `synchronous=off` or on a network filesystem).
-- `WARNING`: only an operating-system crash or a power loss loses the last writes
-  (SQLite `synchronous=normal`, Redis `appendfsync everysec`): the usual trade of speed
-  for a second of exposure, said out loud.
+  `synchronous=off` or on a network filesystem, PostgreSQL with `synchronous_commit=off`,
+  NATS memory storage or limits that delete messages), or an OS crash can corrupt the
+  whole database (PostgreSQL `fsync=off` or `full_page_writes=off`).
+- `WARNING`: only an operating-system crash, a power loss, a lost disk or a failover loses
+  the last writes (SQLite `synchronous=normal`, Redis `appendfsync everysec`, NATS's fsync
+  interval or a single replica, a PostgreSQL standby that commits do not wait for): the
+  usual trade of speed or cost for some exposure, said out loud.
 - `NOTE`: something salvador could not check.
 
 A backend of any other kind answers for itself with an optional method:
 
     async def durability_findings(self) -> list[Finding]: ...
 
-Built-in readers cover memory://, sqlite:/// and redis:// (single server; a Redis Cluster
-is checked node by node). A `SplitBackend` is the findings of its store and of its queue.
+The core reads memory://, sqlite:/// and redis:// itself (single server; a Redis Cluster
+is checked node by node). postgresql:// and nats:// answer for themselves, as above
+(salvador_postgres/durability.py: `fsync`, `full_page_writes`, `synchronous_commit`,
+standbys; salvador_nats/durability.py: storage, replicas, limits and persistence of the
+stream and the bucket, the server's fsync interval). A `SplitBackend` is the findings of its
+store and of its queue.
 """
 
 from __future__ import annotations

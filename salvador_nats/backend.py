@@ -61,6 +61,7 @@ from salvador_core.errors import (
     LeaseLostError,
     PayloadTooLargeError,
 )
+from salvador_core.durability import Finding
 from salvador_core.task import (
     Claim,
     Page,
@@ -77,6 +78,7 @@ from salvador_nats import layout
 from salvador_nats.claims import ClaimPipeline
 from salvador_nats.connection import NatsSettings, provision
 from salvador_nats.delays import Promoter
+from salvador_nats.durability import nats_findings
 from salvador_nats.pulls import PullRouter, api_next
 
 __all__ = ["NatsBackend"]
@@ -336,6 +338,13 @@ class NatsBackend:
         """Compare-and-set by KV revision (see the module docstring)."""
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
         return await self._write(stored, expected_version)
+
+    @_guarded
+    async def durability_findings(self) -> builtins.list[Finding]:
+        """What a crash would lose with this stream, bucket and server: storage, replicas,
+        limits, the server's fsync interval (see salvador_nats/durability.py). Used by
+        `salvador check` and `Engine.open`."""
+        return await nats_findings(self.js, self.nc, self.settings)
 
     @_guarded
     async def list(

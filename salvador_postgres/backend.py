@@ -44,6 +44,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]
 
+from salvador_core.durability import Finding
 from salvador_core.errors import (
     BackendNotOpenError,
     BackendUnavailableError,
@@ -69,6 +70,7 @@ from salvador_core.task import (
 )
 from salvador_postgres import schema as migrations
 from salvador_postgres.listener import Listener
+from salvador_postgres.durability import postgres_findings
 from salvador_postgres.settings import Settings, parse_url, quote_ident
 from salvador_postgres.transactional import driver_connection
 
@@ -286,6 +288,13 @@ class PostgresBackend:
             return await migrations.migrate(conn, self.schema, self.where)
         finally:
             await conn.close()
+
+    @_guarded
+    async def durability_findings(self) -> builtins.list[Finding]:
+        """What a crash or a failover would lose with the server's settings as salvador's
+        connections see them (`fsync`, `full_page_writes`, `synchronous_commit`, standbys):
+        see salvador_postgres/durability.py. Used by `salvador check` and `Engine.open`."""
+        return await postgres_findings(self._db(), self.where)
 
     async def _check_schema(self, conn: Any) -> None:
         found = await migrations.current_version(conn, self.schema)

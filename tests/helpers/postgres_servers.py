@@ -7,7 +7,8 @@ dropped afterwards with `drop_schema`); the shared server is never stopped or re
 
 `PostgresServer` is a private server for fault tests: `initdb` in a temp dir, `postgres` on a
 free loopback port (trust auth), stopped by PID. As root, initdb and postgres refuse to run,
-so the server runs as the `postgres` user (the temp dir is handed to it).
+so the server runs as the `postgres` user (the temp dir is handed to it). `private_standby`
+starts a streaming hot standby of one (`pg_basebackup -R`), for replication tests.
 """
 
 from __future__ import annotations
@@ -154,6 +155,22 @@ class PostgresServer:
             os.setgid(self.user[1])
             os.setuid(self.user[0])
 
+    def base_backup(self, primary: PostgresServer) -> None:
+        """Instead of `init()`: copy `primary`'s data directory with `pg_basebackup -R`, so
+        that this server starts as its streaming hot standby."""
+        basebackup = _binary("pg_basebackup")
+        if basebackup is None:
+            _skip_or_fail("pg_basebackup not found; install PostgreSQL to run the replication tests")
+        assert basebackup is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            os.chown(self.directory, *self.user)
+        subprocess.run(
+            [basebackup, "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+             "-D", str(self.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+            check=True, capture_output=True, preexec_fn=self._demote_only, timeout=120,
+        )
+
     def start(self, timeout: float = 30.0) -> float:
         """Start the server and wait until it accepts connections; returns the seconds."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -244,6 +261,22 @@ def private_postgres(*settings: str):  # type: ignore[no-untyped-def]
     server = PostgresServer(root / "pg", settings=settings)
     try:
         server.init()
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_standby(primary: PostgresServer, *settings: str):  # type: ignore[no-untyped-def]
+    """A started streaming hot standby of `primary`, stopped by PID and removed afterwards,
+    even on failure."""
+    root = Path(tempfile.mkdtemp(prefix="salvador-pg-standby-"))
+    root.chmod(0o755)  # the server may run as the postgres user (see _as_server_user)
+    server = PostgresServer(root / "pg", settings=settings)
+    try:
+        server.base_backup(primary)
         server.start()
         yield server
     finally:
