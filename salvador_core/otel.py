@@ -121,8 +121,9 @@ class TracingObserver(Observer):
         self._run_span(task).add_event("resumed after a lost worker", {"salvador.lost_attempt": task.attempt})
 
     def step_started(self, task: Task, step: str, *, compensation: bool) -> None:
+        # The run span keeps the attempt it was started with (that of the step the run
+        # began at); each step span carries its own.
         run = self._run_span(task)
-        run.set_attribute("salvador.attempt", task.attempt)
         name = f"salvador {'compensate' if compensation else 'step'} {step}"
         span = self.tracer.start_span(
             name, context=trace.set_span_in_context(run), attributes=_attributes(task, self.backend, step)

@@ -55,6 +55,7 @@ async def test_one_trace_from_submit_through_every_step_with_failures_recorded()
     wf = Workflow("order", retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
     wf.step("validate", lambda c: 1)
     wf.step("charge", charge)
+    wf.step("ship", lambda c: "shipped")
     engine = Engine.from_url(
         "memory://", workflows=[wf], poll_interval=0.05,
         observers=[TracingObserver(provider, backend="memory")],
@@ -82,6 +83,8 @@ async def test_one_trace_from_submit_through_every_step_with_failures_recorded()
     assert all(run.kind is SpanKind.CONSUMER for run in runs)
     failed_run, ok_run = sorted(runs, key=lambda s: s.start_time)
     assert failed_run.status.status_code is StatusCode.ERROR
+    # A run span's attempt is the attempt it ran, not that of its last step (ship: 1).
+    assert [failed_run.attributes["salvador.attempt"], ok_run.attributes["salvador.attempt"]] == [1, 2]
     charges = sorted(by_name["salvador step charge"], key=lambda s: s.start_time)
     assert [s.attributes["salvador.attempt"] for s in charges] == [1, 2]
     assert charges[0].parent.span_id == failed_run.context.span_id
