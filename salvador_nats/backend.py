@@ -17,16 +17,26 @@ with the settings. How each guarantee is kept:
   adopts. Nothing is ever stored without being queued, and no scan is needed to find out.
 - **Requeue** publishes first too (header `Salvador-Version`: the version it will write;
   a claimer that finds an older record waits for the write) and deletes its message again
-  if the fenced write is refused; it then voids the lease entry.
+  if the fenced write is refused; its write names no holder, which voids every claim from
+  before it.
 - **Leases.** A delivery's lease is the consumer's AckWait (or `nak(delay=lease)`, which
   sets a delivered message's timer, when a claim asks for another length), renewed by
-  `in_progress()`. The server accepts a late ack from a delivery that is no longer current
-  (nats-server issue 4786), so the lease is also an entry `l.<id>` holding the current
-  delivery's ack subject, written at claim time: `ack`, `extend` and `release` first
-  compare-and-set it by revision, and refuse a claim whose deadline (measured from before
-  the pull request, so never later than the server's) has passed. The revision, not the
-  ack, decides whose writes count: `settle` acks only after its fenced write passed.
-- **Claims wait** in a pull request with an expiry (`pulls.py`), never in a sleep loop.
+  `in_progress()`; its end is decided by the server's clock alone, by redelivering the
+  message. The server accepts a late ack from a delivery that is no longer current
+  (nats-server issue 4786), so the record names the delivery holding its task: every write
+  a holder makes (taking ownership, each checkpoint, the final write) carries its ack
+  subject in the header `Salvador-Lease`, at no extra cost. A claim is current while its
+  deadline (measured from before the pull request, so never later than the server's) has
+  not passed and the record is unchanged since the claim read it, names this delivery, or
+  names an earlier delivery of the same message. `extend` checks that; `ack` and `release`
+  also end the lease with a compare-and-set rewrite naming nobody, so a second one fails.
+  The revision, not the ack, decides whose writes count: `settle` acks only after its
+  fenced write passed.
+- **Second messages.** A task may have two messages (a crashed producer's and its retry's).
+  A delivery whose record is running under another message's delivery waits (`-NAK` with
+  a delay): if that holder dies, its own message comes back and takes over.
+- **Claims wait** in a pull request with an expiry (`pulls.py`), never in a sleep loop; a
+  batch of claims is one pull and one read per delivery (`claims.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, cast
@@ -52,6 +62,7 @@ from nats.js import JetStreamContext, api
 from nats.js import errors as jx
 from nats.js.kv import KeyValue
 
+from salvador_core.durability import Finding
 from salvador_core.errors import (
     BackendNotOpenError,
     BackendUnavailableError,
@@ -61,7 +72,6 @@ from salvador_core.errors import (
     LeaseLostError,
     PayloadTooLargeError,
 )
-from salvador_core.durability import Finding
 from salvador_core.task import (
     Claim,
     Page,
@@ -75,11 +85,12 @@ from salvador_core.task import (
     utcnow,
 )
 from salvador_nats import layout
-from salvador_nats.claims import ClaimPipeline
+from salvador_nats.claims import Claimer
 from salvador_nats.connection import NatsSettings, provision
 from salvador_nats.delays import Promoter
 from salvador_nats.durability import nats_findings
-from salvador_nats.pulls import PullRouter, api_next
+from salvador_nats.pulls import Inbox, api_next
+from salvador_nats.records import Published, Records, Stored
 
 __all__ = ["NatsBackend"]
 
@@ -95,11 +106,17 @@ MAX_PAYLOAD_BYTES = 400 * 1024
 #: reach the server after the lease was checked.
 LEASE_MARGIN = 0.05
 
+#: How many tasks' cached revisions (and claims held) a process keeps at most.
+CACHE_LIMIT = 100_000
+
+#: Pauses (seconds) between the looks a message's first delivery takes at a record that is
+#: not there yet, before it is nak'ed: the publisher's record write is usually in flight.
+FIRST_LOOK_PAUSES = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+
 #: AckWait of the delayed-subject consumers (how soon a promoter that died mid-batch is
 #: replaced); the ready consumer's AckWait is the lease of the claim that creates it.
 DELAY_ACK_WAIT = 30.0
 
-_WRONG_LAST = (10071, 10164)  # JSStreamWrongLastSequence(Constant)Err
 _UNAVAILABLE = (
     nx.ConnectionClosedError,
     nx.NoServersError,
@@ -118,7 +135,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+def _guarded(fn: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """Driver errors become salvador's: `BackendUnavailableError` naming the redacted URL for
     an unreachable server, one without JetStream, or one out of resources."""
 
@@ -128,7 +145,8 @@ def _guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
             return await fn(*args, **kwargs)
         except jx.APIError as exc:
             backend = cast(NatsBackend, args[0])
-            if exc.code in (503, 500) or exc.err_code == 10023:  # no JetStream / no resources
+            code, err_code = getattr(exc, "code", None), getattr(exc, "err_code", None)
+            if code in (503, 500) or err_code == 10023:  # no JetStream / no resources
                 raise backend._unavailable(exc) from exc
             raise
         except _UNAVAILABLE as exc:
@@ -145,11 +163,29 @@ class _Queue:
     workflow: str
     ack_wait: float
     promoter: Promoter
-    claims: ClaimPipeline
+    claimer: Claimer
 
 
-class _StaleLease(Exception):
-    """The lease entry's revision moved on: another delivery (or a requeue) replaced it."""
+@dataclass(frozen=True)
+class _Known:
+    """The last record of a task this process read or wrote: its version, revision, and
+    the delivery it names as holder ("" for none)."""
+
+    version: int
+    revision: int
+    lease: str
+
+
+@dataclass
+class _Held:
+    """This process's newest claim on a task: its delivery's ack subject and deadline, and
+    the record bytes and revision of this process's last write under it (or of the read
+    that made the claim), for ending the lease without reading the record again."""
+
+    reply: str
+    deadline: float
+    data: bytes | None
+    revision: int
 
 
 class NatsBackend:
@@ -172,11 +208,18 @@ class NatsBackend:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
-        self._router: PullRouter | None = None
+        self._inbox: Inbox | None = None
+        self._records: Records | None = None
         self._queues: dict[str, _Queue] = {}
         self._queue_lock = asyncio.Lock()
-        self._revisions: dict[str, tuple[int, int]] = {}  # task id -> (version, KV revision)
+        self._revisions: dict[str, _Known] = {}
+        self._held: dict[str, _Held] = {}  # task id -> this process's newest claim on it
         self._connect_errors: builtins.list[Exception] = []  # what the client reported while connecting
+        #: Epoch seconds on this process's clock. It only measures this process's own
+        #: durations (a claim's deadline, from before its pull request) and a message's age
+        #: against its server timestamp; who holds a task is never judged by comparing it
+        #: with another machine's clock.
+        self.clock: Callable[[], float] = time.time
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> NatsBackend:
@@ -199,11 +242,13 @@ class NatsBackend:
         try:
             js = nc.jetstream(timeout=10.0)
             kv = await _unavailable_as_error(self, provision(js, self.settings))
-            router = PullRouter(nc)
+            inbox = Inbox(nc, lambda: self.clock())
+            await inbox.start()
         except BaseException:
             await nc.close()
             raise
-        self._nc, self._js, self._kv, self._router = nc, js, kv, router
+        self._nc, self._js, self._kv, self._inbox = nc, js, kv, inbox
+        self._records = Records(inbox, self.settings.bucket)
 
     async def _connect(self) -> Client:
         """A connection that gives up after two tries per server (so an unreachable server
@@ -264,18 +309,18 @@ class NatsBackend:
         log.warning("NATS at %s: reconnected", self.where)
 
     async def close(self) -> None:
-        """Give back what was pulled ahead, stop the promoters, close the connection. Safe
-        to call twice."""
+        """Stop the promoters, send what is still to be sent, close the connection. Safe to
+        call twice."""
         if self._nc is None:
             return
         queues, self._queues = self._queues, {}
         for queue in queues.values():
             await queue.promoter.stop()
-            await queue.claims.close()
         nc, self._nc = self._nc, None
-        if self._router is not None:
-            await self._router.stop()
-        self._router = self._js = self._kv = None
+        if self._inbox is not None:
+            await self._inbox.stop()
+        self._inbox = self._records = self._js = self._kv = None
+        self._held.clear()
         if not nc.is_closed:
             try:
                 await nc.flush(timeout=2)
@@ -311,6 +356,20 @@ class NatsBackend:
             raise BackendNotOpenError(f"NATS ({self.where})")
         return self._nc
 
+    @_guarded
+    async def durability_findings(self) -> builtins.list[Finding]:
+        """What a crash would lose with this stream, bucket and server: storage, replicas,
+        limits, the server's fsync interval (see salvador_nats/durability.py). Used by
+        `salvador check` and `Engine.open`."""
+        return await nats_findings(self.js, self.nc, self.settings)
+
+    @property
+    def records(self) -> Records:
+        """Record reads and writes with their headers (for tools and tests)."""
+        if self._records is None:
+            raise BackendNotOpenError(f"NATS ({self.where})")
+        return self._records
+
     # -- store ---------------------------------------------------------------------------
 
     @_guarded
@@ -328,9 +387,8 @@ class NatsBackend:
         found = await self._read(task_id)
         if found is None:
             return None
-        raw, revision = found
-        task = decode_task(raw, task_id)
-        self._remember(task_id, task.version, revision)
+        task = decode_task(found.data, task_id)
+        self._remember(task_id, task.version, found.revision, found.lease)
         return task
 
     @_guarded
@@ -338,13 +396,6 @@ class NatsBackend:
         """Compare-and-set by KV revision (see the module docstring)."""
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
         return await self._write(stored, expected_version)
-
-    @_guarded
-    async def durability_findings(self) -> builtins.list[Finding]:
-        """What a crash would lose with this stream, bucket and server: storage, replicas,
-        limits, the server's fsync interval (see salvador_nats/durability.py). Used by
-        `salvador check` and `Engine.open`."""
-        return await nats_findings(self.js, self.nc, self.settings)
 
     @_guarded
     async def list(
@@ -383,7 +434,7 @@ class NatsBackend:
         if found is None:
             return False
         try:
-            task: Task | None = decode_task(found[0], task_id)
+            task: Task | None = decode_task(found.data, task_id)
         except (CorruptRecordError, RecordVersionError):
             task = None
         await self._forget(task_id, task)
@@ -405,10 +456,14 @@ class NatsBackend:
 
     @_guarded
     async def quarantine(self, task: Task) -> Task:
-        """Overwrite an unreadable record without a version check."""
+        """Overwrite an unreadable record without a version check (its holder stays named)."""
         stored = task.evolve(version=task.version + 1, updated_at=utcnow())
-        revision = await self.kv.put(layout.record_key(task.id), self._encode(stored))
-        self._remember(task.id, stored.version, revision)
+        known = self._revisions.get(task.id)
+        lease = self._lease_for(task.id, known.lease if known is not None else "")
+        revision = await self.records.write(
+            layout.record_key(layout.check_task_id(task.id)), self._encode(stored), expected=None, lease=lease
+        )
+        self._remember(task.id, stored.version, revision, lease)
         return stored
 
     # -- queue ---------------------------------------------------------------------------
@@ -421,36 +476,52 @@ class NatsBackend:
 
     @_guarded
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
-        """The next delivery turned into a claim: its record read and its lease entry
-        written. Deliveries are pulled in batches and claims made ahead (`claims.py`);
-        with none there, the claim waits in a pull request with an expiry, up to `wait`.
-        Messages whose record is not (yet) there are dealt with in `_take`."""
+        """The next delivery turned into a claim (its record read, in the same round trip's
+        worth of work as `claim_many` of one); with none there, the claim waits in a pull
+        request with an expiry, up to `wait`. Messages whose record is not (yet) there, or
+        whose task another message's delivery holds, are dealt with in `_take`."""
         queue = await self._queue(workflow, lease)
-        return await queue.claims.claim(lease, wait)
+        claims = await queue.claimer.claim_many(1, lease, wait)
+        return claims[0] if claims else None
+
+    @_guarded
+    async def claim_many(
+        self, workflow: str, limit: int, *, lease: float, wait: float
+    ) -> builtins.list[Claim]:
+        """Up to `limit` claims from one pull request, which asks for exactly `limit`
+        deliveries (none is pulled that no slot will run), their records read together;
+        waits up to `wait` seconds for the first. Each is what `claim` returns for its task."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number of at least 1, got {limit!r}")
+        queue = await self._queue(workflow, lease)
+        return await queue.claimer.claim_many(limit, lease, wait)
 
     @_guarded
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
-        """Renew the lease entry (compare-and-set) and the server's AckWait (`+WPI`, or
-        `-NAK` with the lease as delay when it differs from the consumer's AckWait)."""
+        """Check that `claim` is still the lease (its record read), then renew the server's
+        AckWait (`+WPI`, or `-NAK` with the lease as delay when it differs from the
+        consumer's AckWait)."""
         revision, reply = _receipt(claim)
         self._check_deadline(claim)
-        try:
-            new_revision = await self._lease_write(claim.task_id, _lease_value(reply, lease), revision)
-        except _StaleLease:
-            raise LeaseLostError(claim.task_id, "another delivery holds the task now") from None
+        found = await self._current(claim)
         queue = await self._queue(claim.workflow, lease)
-        renewed_at = time.time()
+        renewed_at = self.clock()
         if abs(queue.ack_wait - lease) < 0.001:
             await self.nc.publish(reply, b"+WPI")
         else:
             await self.nc.publish(reply, _nak(lease))
-        return Claim(
-            claim.task_id, claim.workflow, f"{new_revision} {reply}", claim.deliveries, renewed_at + lease
-        )
+        held = self._held.get(claim.task_id)
+        if held is not None and held.reply == reply:
+            held.deadline = renewed_at + lease
+        if found is not None:
+            revision = found.revision
+        receipt = f"{revision} {reply}"
+        return Claim(claim.task_id, claim.workflow, receipt, claim.deliveries, renewed_at + lease)
 
     @_guarded
     async def ack(self, claim: Claim) -> None:
-        """End the lease (compare-and-set delete of its entry), then ack the message."""
+        """End the lease (a compare-and-set rewrite of the record naming no holder), then
+        ack the message."""
         await self._end_lease(claim)
         await self.nc.publish(_receipt(claim)[1], b"+ACK")
 
@@ -491,13 +562,13 @@ class NatsBackend:
 
     @_guarded
     async def requeue(self, task: Task, expected_version: int) -> Task:
-        """Publish the new message, then the fenced write (its message is deleted again
-        if the write is refused), then void any lease from before."""
+        """Publish the new message, then the fenced write naming no holder, which voids any
+        lease from before (the message is deleted again if the write is refused)."""
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
         ack = await self._publish(stored.workflow, stored.id, version=stored.version,
                                   not_before=stored.not_before)
         try:
-            await self._write(stored, expected_version)
+            await self._write(stored, expected_version, lease="")  # no holder: claims from before are void
         except ConflictError:
             if not ack.duplicate:
                 try:
@@ -505,33 +576,29 @@ class NatsBackend:
                 except jx.NotFoundError:
                     pass  # already claimed and dropped (its record never got the version)
             raise
-        await self.kv.delete(layout.lease_key(stored.id))
+        self._held.pop(stored.id, None)
         return stored
 
     @_guarded
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
         """The fenced final write, then the ack. The write passing is what makes the ack
         safe even from a claim whose lease ran out: the task is terminal now, so whoever
-        holds the message next finds it so and acks it."""
+        holds the message next finds it so and acks it. The ack is not waited for: if it is
+        lost, the message comes back and its next holder acks the terminal task."""
+        _, reply = _receipt(claim)
         stored = await self._write(
-            task.evolve(version=expected_version + 1, updated_at=utcnow()), expected_version
+            task.evolve(version=expected_version + 1, updated_at=utcnow()), expected_version, lease=reply
         )
-        revision, reply = _receipt(claim)
         await self.nc.publish(reply, b"+ACK")
-        await self._drop_lease_entry(claim.task_id, revision)
+        self._forget_claim(claim)
         return stored
 
     # -- internals: records ---------------------------------------------------------------
 
-    async def _read(self, task_id: str) -> tuple[bytes, int] | None:
-        """The record's raw bytes and KV revision, or None."""
-        try:
-            entry = await self.kv.get(layout.record_key(layout.check_task_id(task_id)))
-        except jx.KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return entry.value, entry.revision
+    async def _read(self, task_id: str) -> Stored | None:
+        """The record as stored (bytes, revision, holder), or None if there is none."""
+        found = await self.records.read(layout.record_key(layout.check_task_id(task_id)))
+        return None if found is None or found.gone else found
 
     async def _readable(self, task_id: str) -> Task | None:
         """The decoded task, or None for a missing, corrupt or newer-format record."""
@@ -539,36 +606,60 @@ class NatsBackend:
         if found is None:
             return None
         try:
-            return decode_task(found[0], task_id)
+            return decode_task(found.data, task_id)
         except (CorruptRecordError, RecordVersionError):
             return None
 
     async def _record_ids(self) -> builtins.list[str]:
         """Every task id in the bucket, sorted: the last entry per `t.*` key, headers only.
-        (A set: the watcher's ordered consumer restarts after a missed heartbeat on a busy
-        server and may hand out some keys again.)"""
-        watcher = await self.kv.watch("t.*", ignore_deletes=True, meta_only=True)
+
+        Not `kv.keys()`/`kv.watch()`: nats-py decides "no keys" from the consumer's
+        `num_pending` (0 once the server has sent everything) and the messages its callback
+        has handled so far (0 while they sit in the client's buffer), so now and then it
+        reports an empty bucket that is not (nats-py issue 842; about 1 listing in 500
+        here). The server's own count of what it delivered decides instead, and the listing
+        reads until the message that says nothing more is pending. (A set: the ordered
+        consumer restarts after a missed heartbeat on a busy server and may hand out some
+        keys again.)"""
+        bucket = f"KV_{self.settings.bucket}"
+        prefix = f"$KV.{self.settings.bucket}."
+        sub = await self.js.subscribe(
+            f"{prefix}t.*", stream=bucket, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, headers_only=True, inactive_threshold=60.0,
+        )
         ids: set[str] = set()
         try:
-            async for entry in watcher:
-                if entry is None:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            while True:
+                msg = await sub.next_msg(timeout=10.0)
+                headers = msg.headers or {}
+                gone = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+                if not gone:
+                    ids.add(msg.subject[len(prefix) + 2 :])
+                if msg.metadata.num_pending == 0:
                     break
-                ids.add(entry.key[2:])
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await sub.unsubscribe()
         return sorted(ids)
 
     async def _create_record(self, stored: Task, data: bytes | None = None) -> Task:
+        """Create the record (one winner); a record already there is returned instead."""
         key = layout.record_key(layout.check_task_id(stored.id))
+        data = data if data is not None else self._encode(stored)
         try:
-            revision = await self.kv.create(key, data if data is not None else self._encode(stored))
+            revision = await self.records.write(key, data, expected=0)
         except jx.KeyWrongLastSequenceError:
-            existing = await self.get(stored.id)
-            if existing is not None:
+            found = await self.records.read(key)
+            if found is not None and not found.gone:
+                existing = decode_task(found.data, stored.id)
+                self._remember(stored.id, existing.version, found.revision, found.lease)
                 return existing
-            # Deleted meanwhile: try once more.
-            revision = await self.kv.create(key, data if data is not None else self._encode(stored))
-        self._remember(stored.id, 1, revision)
+            # Deleted or purged: a create may take the key over from its marker.
+            marker = found.revision if found is not None else 0
+            revision = await self.records.write(key, data, expected=marker)
+        self._remember(stored.id, 1, revision, "")
         return stored
 
     async def _reserve_key(self, task: Task) -> str | Task:
@@ -594,41 +685,63 @@ class NatsBackend:
             return existing if existing is not None else owner
         raise ConflictError(task.id, 0, None)
 
-    async def _write(self, stored: Task, expected_version: int) -> Task:
-        """Write `stored` if the record is still at `expected_version` (by KV revision)."""
+    async def _write(self, stored: Task, expected_version: int, *, lease: str | None = None) -> Task:
+        """Write `stored` if the record is still at `expected_version` (by KV revision),
+        naming `lease` as its holder (None: this process's claim on the task if it holds
+        one, else the holder the record names now; "": nobody)."""
         key = layout.record_key(layout.check_task_id(stored.id))
         data = self._encode(stored)
         known = self._revisions.get(stored.id)
         for _ in range(3):
-            if known is None or known[0] != expected_version:
+            if known is None or known.version != expected_version:
                 found = await self._read(stored.id)
                 if found is None:
-                    raise ConflictError(stored.id, expected_version, None)
+                    raise self._conflict(stored.id, expected_version, None)
                 try:
-                    version = decode_task(found[0], stored.id).version
+                    version = decode_task(found.data, stored.id).version
                 except (CorruptRecordError, RecordVersionError):
-                    raise ConflictError(stored.id, expected_version, None) from None
+                    raise self._conflict(stored.id, expected_version, None) from None
                 if version != expected_version:
-                    raise ConflictError(stored.id, expected_version, version)
-                known = (version, found[1])
+                    raise self._conflict(stored.id, expected_version, version)
+                known = _Known(version, found.revision, found.lease)
+            holder = self._lease_for(stored.id, known.lease) if lease is None else lease
             try:
-                revision = await self.kv.update(key, data, last=known[1])
+                revision = await self.records.write(key, data, expected=known.revision, lease=holder)
             except jx.KeyWrongLastSequenceError:
                 known = None  # someone wrote since we read: look again
                 continue
-            self._remember(stored.id, stored.version, revision)
+            self._remember(stored.id, stored.version, revision, holder)
+            held = self._held.get(stored.id)
+            if held is not None and held.reply == holder:
+                held.data, held.revision = data, revision
             return stored
-        raise ConflictError(stored.id, expected_version, None)
+        raise self._conflict(stored.id, expected_version, None)
+
+    def _conflict(self, task_id: str, expected: int, actual: int | None) -> ConflictError:
+        """The error for a refused write. This process's claim on the task no longer
+        names the holder of later writes: a run that lost the race for ownership must not
+        put its delivery into the winner's record through a later write of this process."""
+        self._held.pop(task_id, None)
+        return ConflictError(task_id, expected, actual)
+
+    def _lease_for(self, task_id: str, current: str) -> str:
+        """The holder a write of `task_id` names: this process's newest claim on it, if
+        it holds one, else the holder the record names now (`current`)."""
+        held = self._held.get(task_id)
+        return held.reply if held is not None else current
 
     def _encode(self, task: Task) -> bytes:
         # Room for the KV subject and headers within the server's max_payload.
         return _record(task, self.nc.max_payload - 1024)
 
-    def _remember(self, task_id: str, version: int, revision: int) -> None:
+    def _remember(self, task_id: str, version: int, revision: int, lease: str) -> None:
         cache = self._revisions
-        if len(cache) >= 100_000 and task_id not in cache:
+        if len(cache) >= CACHE_LIMIT and task_id not in cache:
             del cache[next(iter(cache))]  # the oldest entry
-        cache[task_id] = (version, revision)
+        cache[task_id] = _Known(version, revision, lease)
+        held = self._held.get(task_id)
+        if held is not None and held.revision != revision:
+            held.data = None  # the record moved on: ending the lease reads it first
 
     async def _forget(self, task_id: str, task: Task | None) -> None:
         """Purge a task's record, lease and (if it still points here) idempotency key."""
@@ -642,15 +755,15 @@ class NatsBackend:
             except jx.KeyNotFoundError:
                 pass
         await kv.purge(layout.record_key(task_id))
-        await kv.purge(layout.lease_key(task_id))
         self._revisions.pop(task_id, None)
+        self._held.pop(task_id, None)
 
     # -- internals: queue -----------------------------------------------------------------
 
     async def _publish(
         self, workflow: str, task_id: str, *, version: int | None, not_before: datetime | None,
         suffix: str = "",
-    ) -> api.PubAck:
+    ) -> Published:
         """Publish a task's message: to the ready subject, or with a future `not_before`
         to the delayed one. `version` (the record version it is for) goes in a header."""
         headers = {}
@@ -665,7 +778,7 @@ class NatsBackend:
         else:
             subject = layout.ready_subject(self.settings.stream, workflow)
             headers[layout.HEADER_MSG_ID] = msg_id
-        return await self.js.publish(subject, task_id.encode(), headers=headers)
+        return await self.records.publish(subject, task_id.encode(), headers)
 
     async def _queue(self, workflow: str, lease: float) -> _Queue:
         """This process's view of `workflow`'s queue: consumers found or created (the ready
@@ -686,17 +799,16 @@ class NatsBackend:
                 delayed_name, layout.delayed_subject(stream, workflow), DELAY_ACK_WAIT, workflow
             )
             promoter = Promoter(
-                self.js, self._router_or_fail(), stream=stream, consumer=delayed_name,
+                self.js, self._inbox_or_fail(), stream=stream, consumer=delayed_name,
                 ready=layout.ready_subject(stream, workflow),
             )
             await promoter.start()
             ack_wait = float(ready.config.ack_wait or lease)
-            claims = ClaimPipeline(
-                self._router_or_fail(), api_next(stream, ready.name),
-                take=functools.partial(self._take, workflow, ack_wait),
-                extend=self._extend_to, release=self.release,
+            claimer = Claimer(
+                self._inbox_or_fail(), api_next(stream, ready.name),
+                take=functools.partial(self._take, workflow, ack_wait), drop=self._forget_claim,
             )
-            queue = _Queue(workflow, ack_wait, promoter, claims)
+            queue = _Queue(workflow, ack_wait, promoter, claimer)
             self._queues[workflow] = queue
             return queue
 
@@ -729,133 +841,185 @@ class NatsBackend:
     async def _take(
         self, workflow: str, ack_wait: float, msg: Msg, lease: float, sent_at: float
     ) -> Claim | None:
-        """Turn a delivered message into a claim, or deal with it and return None: a message
-        whose record is missing, or older than the version it was published for, waits for
-        the writer (`nak` with a short, growing delay) while it is younger than
-        `publish_grace`, and is dropped after that (its producer crashed before writing)."""
+        """Turn a delivered message into a claim, or deal with it and return None:
+
+        - a message whose record is missing, or older than the version it was published
+          for, is looked at again within `FIRST_LOOK_PAUSES` on its first delivery (the
+          writer is usually a moment behind), then waits for the writer and is dropped
+          once `publish_grace` is over on the server's clock (`_wait_for_writer`);
+        - a message whose task a delivery of another message holds waits (`nak` with the
+          lease as delay) until that holder is done: run beside it, the second run would
+          take the first's `running` record for a lost worker's;
+        - a stale delivery is left alone: one whose message has been delivered again since
+          (the record or this process names a later delivery of it), or whose lease ran
+          out before it could be taken (it sat in the buffers of a paused process). The
+          server has redelivered it or will; an ack or nak from it would act on a newer
+          delivery's message.
+        """
         task_id = msg.data.decode(errors="replace")
-        meta = msg.metadata
-        headers = msg.headers or {}
-        published_for = int(headers[layout.HEADER_VERSION]) if layout.HEADER_VERSION in headers else None
         if not layout.TASK_ID.match(task_id):
             await self.nc.publish(msg.reply, b"+ACK")  # not ours to run: no such task can exist
             return None
-        # The lease entry is taken while the record is read (one round trip, not two); a
-        # message that turns out not to be claimable gives its entry back. A task can have
-        # two messages at once (a producer's and its adopting retry's): the entry is taken
-        # only if no live claim holds it, or a duplicate delivery would run the task beside
-        # the first and read its `running` record as a lost worker's.
-        found, revision = await asyncio.gather(
-            self._read(task_id), self._take_lease(task_id, msg.reply, lease)
-        )
-        if revision is None:
-            holder_left = max(0.05, self._lease_left(await self._lease_entry(task_id), lease))
-            await self.nc.publish(msg.reply, _nak(holder_left))  # back when the holder is done
+        meta = msg.metadata
+        headers = msg.headers or {}
+        published_for = int(headers[layout.HEADER_VERSION]) if layout.HEADER_VERSION in headers else None
+        found, task = await self._record_for(task_id, published_for)
+        if found is None and published_for is not None and meta.num_delivered == 1:
+            # Delivered before its publisher's record write landed (publish comes first):
+            # that write is most likely in flight, so look again shortly rather than nak.
+            for pause in FIRST_LOOK_PAUSES:
+                await asyncio.sleep(pause)
+                found, task = await self._record_for(task_id, published_for)
+                if found is not None:
+                    break
+        if found is None:
+            await self._wait_for_writer(msg, published_for)
             return None
-        task: Task | None = None
-        version: int | None = None
-        if found is not None:
-            try:
-                task = decode_task(found[0], task_id)
-                version = task.version
-                self._remember(task_id, task.version, found[1])
-            except (CorruptRecordError, RecordVersionError):
-                version = published_for or 1  # the engine dead-letters or leaves it
-        if found is None or (published_for is not None and (version or 0) < published_for):
-            age = time.time() - meta.timestamp.timestamp()
-            if published_for is not None and age < self.settings.publish_grace:
-                backoff = min(0.05 * 2 ** min(meta.num_delivered - 1, 8), self.settings.publish_grace - age)
-                await self.nc.publish(msg.reply, _nak(max(backoff, 0.01)))
-            else:
-                await self.nc.publish(msg.reply, b"+ACK")
-            await self._drop_lease_entry(task_id, revision)
+        deadline = sent_at + lease
+        if self._superseded(task_id, found, msg.reply) or self.clock() > deadline - LEASE_MARGIN:
+            return None
+        if self._held_by_another_message(task_id, task, found, msg.reply):
+            await self.nc.publish(msg.reply, _nak(lease))  # back once that holder's lease could be over
             return None
         if abs(ack_wait - lease) >= 0.001:
             await self.nc.publish(msg.reply, _nak(lease))  # this delivery's timer: `lease`
-        return Claim(
-            task_id, workflow, f"{revision} {msg.reply}", meta.num_delivered, sent_at + lease, task
+        self._hold(task_id, _Held(msg.reply, deadline, found.data, found.revision))
+        return Claim(task_id, workflow, f"{found.revision} {msg.reply}", meta.num_delivered, deadline, task)
+
+    async def _record_for(self, task_id: str, published_for: int | None) -> tuple[Stored | None, Task | None]:
+        """The record of a delivered task and the task in it (None if it cannot be decoded:
+        the engine dead-letters or leaves it); (None, None) while the record is missing or
+        older than the version the message was `published_for`."""
+        found = await self._read(task_id)
+        if found is None:
+            return None, None
+        try:
+            task = decode_task(found.data, task_id)
+        except (CorruptRecordError, RecordVersionError):
+            return found, None
+        self._remember(task_id, task.version, found.revision, found.lease)
+        if published_for is not None and task.version < published_for:
+            return None, None
+        return found, task
+
+    async def _wait_for_writer(self, msg: Msg, published_for: int | None) -> None:
+        """A message whose record is not there yet: `nak` it with a short, growing delay
+        while it is younger than `publish_grace` (its publisher may still be writing), and
+        drop it after that (its publisher crashed before writing; that call never returned).
+
+        Its age is judged on the server's clock: the nak delays it has already served before
+        this delivery (`_served`, timed by the server) must add up to the grace. A claimer
+        whose clock runs ahead would otherwise drop every message whose record is a moment
+        late, and lose the task. Its own clock must agree as well (against the message's
+        server timestamp), in case a delivery was handed back without a delay."""
+        meta = msg.metadata
+        grace = self.settings.publish_grace
+        served = _served(meta.num_delivered, grace)
+        age = self.clock() - meta.timestamp.timestamp()
+        if published_for is None or (served >= grace and age >= grace):
+            await self.nc.publish(msg.reply, b"+ACK")
+            return
+        left = grace - served if served < grace else grace - age
+        await self.nc.publish(msg.reply, _nak(_backoff(meta.num_delivered, left)))
+
+    def _held_by_another_message(self, task_id: str, task: Task | None, found: Stored, reply: str) -> bool:
+        """Whether a delivery of another message of this task holds it: the record is
+        running (or compensating) under such a delivery, or this process holds a live claim
+        on it from another message. A later delivery of the *same* message takes over: the
+        server redelivered it, so the earlier delivery's lease is over on the server's clock.
+        No clock of any worker is compared with another's."""
+        seq = layout.delivery_of(reply)[0]
+        if (
+            task is not None
+            and task.status in (TaskStatus.RUNNING, TaskStatus.COMPENSATING)
+            and found.lease
+            and layout.delivery_of(found.lease)[0] != seq
+        ):
+            return True
+        local = self._held.get(task_id)
+        return (
+            local is not None and local.deadline > self.clock() and layout.delivery_of(local.reply)[0] != seq
         )
 
-    async def _take_lease(self, task_id: str, reply: str, lease: float) -> int | None:
-        """Create the lease entry of `task_id` for this delivery, or take over one whose
-        holder's lease ran out (it died); None while another claim's lease is live."""
-        key = layout.lease_key(task_id)
-        value = _lease_value(reply, lease)
-        for _ in range(3):
-            try:
-                return await self.kv.create(key, value)
-            except jx.KeyWrongLastSequenceError:
-                pass
-            entry = await self._lease_entry(task_id)
-            if entry is None:
-                continue  # ended meanwhile: try to create it again
-            if self._lease_left(entry, lease) > 0:
-                return None
-            try:
-                return await self.kv.update(key, value, last=entry.revision)
-            except jx.KeyWrongLastSequenceError:
-                continue
-        return None
+    def _superseded(self, task_id: str, found: Stored, reply: str) -> bool:
+        """Whether a later delivery of this delivery's message is known (named by the
+        record, or held by this process): this one is stale."""
+        local = self._held.get(task_id)
+        return any(
+            holder and _holds(holder, reply) and holder != reply
+            for holder in (found.lease, local.reply if local is not None else "")
+        )
 
-    async def _lease_entry(self, task_id: str) -> Any:
-        try:
-            return await self.kv.get(layout.lease_key(task_id))
-        except (jx.KeyNotFoundError, jx.KeyDeletedError):
+    def _hold(self, task_id: str, held: _Held) -> None:
+        if len(self._held) >= CACHE_LIMIT and task_id not in self._held:
+            del self._held[next(iter(self._held))]  # the oldest: a claim long given up
+        self._held[task_id] = held
+
+    def _forget_claim(self, claim: Claim) -> None:
+        """This process no longer holds `claim` (if it was its newest on the task)."""
+        held = self._held.get(claim.task_id)
+        if held is not None and held.reply == _receipt(claim)[1]:
+            del self._held[claim.task_id]
+
+    async def _current(self, claim: Claim) -> Stored | None:
+        """The record, if `claim` is still the lease on its task, else `LeaseLostError`:
+        current while the record is unchanged since the claim read it, names the claim's
+        delivery, or names an earlier delivery of the same message. None when the record
+        is gone (nothing is left to hold)."""
+        revision, reply = _receipt(claim)
+        found = await self._read(claim.task_id)
+        if found is None:
             return None
-
-    @staticmethod
-    def _lease_left(entry: Any, lease: float) -> float:
-        """Seconds the claim behind a lease `entry` still holds it (0: ran out, or gone).
-        The entry says when it was written and for how long (`reply lease written-at`);
-        an entry of an older salvador (only the reply) counts as written just now."""
-        if entry is None or not entry.value:
-            return 0.0
-        parts = entry.value.decode(errors="replace").split()
-        try:
-            held_for, written = float(parts[1]), float(parts[2])
-        except (IndexError, ValueError):
-            return lease
-        return written + held_for - time.time()
-
-    async def _extend_to(self, claim: Claim, lease: float) -> Claim:
-        return await self.extend(claim, lease=lease)
-
-    async def _drop_lease_entry(self, task_id: str, revision: int) -> None:
-        """Delete the lease entry if it is still at `revision`: fire and forget, a plain
-        publish to the bucket's subject (the server applies the revision check; nobody
-        needs to hear that it refused)."""
-        await self.nc.publish(
-            f"$KV.{self.settings.bucket}.{layout.lease_key(task_id)}",
-            b"",
-            headers={"KV-Operation": "DEL", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)},
-        )
-
-    async def _lease_write(self, task_id: str, value: bytes, revision: int) -> int:
-        try:
-            return await self.kv.update(layout.lease_key(task_id), value, last=revision)
-        except jx.KeyWrongLastSequenceError:
-            raise _StaleLease from None
+        if found.revision == revision or _holds(reply, found.lease):
+            return found
+        self._forget_claim(claim)
+        raise LeaseLostError(claim.task_id, "another delivery holds the task now, or it was requeued")
 
     async def _end_lease(self, claim: Claim) -> None:
-        """Delete the lease entry if this claim still holds it, else `LeaseLostError`."""
-        revision, _ = _receipt(claim)
+        """End `claim`'s lease: rewrite its record, compare-and-set, naming no holder, so
+        any later `ack`, `extend` or `release` of it fails; `LeaseLostError` if it is no
+        longer the lease. After this process's own write under the claim, no read is needed."""
         self._check_deadline(claim)
-        try:
-            await self.kv.delete(layout.lease_key(claim.task_id), last=revision)
-        except jx.APIError as exc:
-            if exc.err_code in _WRONG_LAST:
-                raise LeaseLostError(claim.task_id, "another delivery holds the task now") from None
-            raise
+        key = layout.record_key(layout.check_task_id(claim.task_id))
+        held = self._held.get(claim.task_id)
+        if held is not None and held.reply == _receipt(claim)[1] and held.data is not None:
+            try:
+                revision = await self.records.write(key, held.data, expected=held.revision)
+            except jx.KeyWrongLastSequenceError:
+                pass  # written since: look at the record
+            else:
+                self._lease_ended(claim, held.revision, revision)
+                return
+        for _ in range(3):
+            found = await self._current(claim)
+            if found is None:
+                self._forget_claim(claim)
+                return
+            try:
+                revision = await self.records.write(key, found.data, expected=found.revision)
+            except jx.KeyWrongLastSequenceError:
+                continue  # written meanwhile (a cancel request?): check again
+            self._lease_ended(claim, found.revision, revision)
+            return
+        raise LeaseLostError(claim.task_id, "its record kept changing while the lease was being ended")
 
-    @staticmethod
-    def _check_deadline(claim: Claim) -> None:
-        if time.time() > claim.deadline - LEASE_MARGIN:
+    def _lease_ended(self, claim: Claim, before: int, revision: int) -> None:
+        known = self._revisions.get(claim.task_id)
+        if known is not None and known.revision == before:
+            self._remember(claim.task_id, known.version, revision, "")
+        else:
+            self._revisions.pop(claim.task_id, None)
+        self._forget_claim(claim)
+
+    def _check_deadline(self, claim: Claim) -> None:
+        if self.clock() > claim.deadline - LEASE_MARGIN:
+            self._forget_claim(claim)
             raise LeaseLostError(claim.task_id, "its lease ran out")
 
-    def _router_or_fail(self) -> PullRouter:
-        if self._router is None:
+    def _inbox_or_fail(self) -> Inbox:
+        if self._inbox is None:
             raise BackendNotOpenError(f"NATS ({self.where})")
-        return self._router
+        return self._inbox
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailableError:
         detail = str(exc) or type(exc).__name__
@@ -882,7 +1046,8 @@ def _record(task: Task, limit: int) -> bytes:
 
 
 def _receipt(claim: Claim) -> tuple[int, str]:
-    """The lease entry's revision and the delivery's ack subject, from a claim's receipt."""
+    """The record's revision when the claim was made (or last extended) and the delivery's
+    ack subject, from a claim's receipt."""
     revision, _, reply = claim.receipt.partition(" ")
     try:
         return int(revision), reply
@@ -895,6 +1060,31 @@ def _nak(delay: float) -> bytes:
     return b"-NAK " + json.dumps({"delay": max(1, int(delay * 1e9))}).encode()
 
 
-def _lease_value(reply: str, lease: float) -> bytes:
-    """A lease entry: the delivery's reply subject, the lease it was granted, and when."""
-    return f"{reply} {lease:.3f} {time.time():.3f}".encode()
+def _backoff(delivery: int, left: float) -> float:
+    """The nak delay of a message waiting for its record, at its `delivery`-th delivery:
+    growing from 50 ms, at most 12.8 s, and no longer than the grace `left` (at least 10 ms)."""
+    return max(0.01, min(0.05 * 2.0 ** min(delivery - 1, 8), left))
+
+
+def _served(deliveries: int, grace: float) -> float:
+    """Seconds, on the server's clock, a message waiting for its record has at least been
+    held back before its delivery number `deliveries`: the nak delays of the ones before."""
+    served = 0.0
+    for delivery in range(1, deliveries):
+        if served >= grace:
+            break
+        served += _backoff(delivery, grace - served)
+    return served
+
+
+def _holds(reply: str, holder: str) -> bool:
+    """Whether the delivery `reply` holds a task whose record names `holder`: it is that
+    delivery, or a later delivery of the same message (the server redelivered the message,
+    so the earlier delivery's lease is over)."""
+    if holder == reply:
+        return True
+    if not holder:
+        return False
+    seq, count = layout.delivery_of(reply)
+    held_seq, held_count = layout.delivery_of(holder)
+    return seq != 0 and seq == held_seq and count > held_count

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from salvador_nats.layout import HEADER_DUE, HEADER_MSG_ID, HEADER_VERSION
-from salvador_nats.pulls import PullRouter, api_next
+from salvador_nats.pulls import Inbox, api_next
 
 log = logging.getLogger("salvador.nats")
 
@@ -37,10 +37,10 @@ class Promoter:
     """Reads one workflow's delayed subject and moves due tasks to its ready subject."""
 
     def __init__(
-        self, js: JetStreamContext, router: PullRouter, *, stream: str, consumer: str, ready: str
+        self, js: JetStreamContext, inbox: Inbox, *, stream: str, consumer: str, ready: str
     ) -> None:
         self.js = js
-        self.router = router
+        self.inbox = inbox
         self.next_subject = api_next(stream, consumer)
         self.ready = ready
         self.task: asyncio.Task[None] | None = None
@@ -70,7 +70,7 @@ class Promoter:
 
     async def read(self, *, wait: float) -> None:
         """One pull request: handle its messages as they come, due ones in due order."""
-        pull = await self.router.request(self.next_subject, batch=BATCH, wait=wait)
+        pull = await self.inbox.pull(self.next_subject, batch=BATCH, wait=wait)
         try:
             ended = False
             while not ended:
@@ -88,7 +88,7 @@ class Promoter:
         except asyncio.TimeoutError:
             return
         finally:
-            self.router.close(pull)
+            self.inbox.close(pull)
 
     async def _handle(self, batch: list[Msg]) -> None:
         now_ms = time.time() * 1000
@@ -97,13 +97,13 @@ class Promoter:
             due = _due_ms(msg)
             if due > now_ms + 5:
                 delay_ns = int((due - now_ms) * 1e6)
-                await self.router.nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": delay_ns}).encode())
+                await self.inbox.nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": delay_ns}).encode())
                 continue
             headers = {k: v for k, v in (msg.headers or {}).items() if k in (HEADER_VERSION,)}
             msg_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
             headers[HEADER_MSG_ID] = msg_id.removesuffix(".d")
             await self.js.publish(self.ready, msg.data, headers=headers)
-            await self.router.nc.publish(msg.reply, b"+ACK")
+            await self.inbox.nc.publish(msg.reply, b"+ACK")
 
 
 def _due_ms(msg: Msg) -> float:

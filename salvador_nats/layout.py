@@ -14,9 +14,9 @@ Stream `<stream>` (work-queue retention) holds two subjects per workflow:
 
 KV bucket `<bucket>` holds, per task:
 
-- `t.<id>`: the record (`encode_task`); its KV revision is the fence of every write;
-- `l.<id>`: the current lease, the ack subject of the delivery that holds it, written at
-  claim time; `ack`, `extend` and `release` compare-and-set it by revision;
+- `t.<id>`: the record (`encode_task`); its KV revision is the fence of every write, and
+  its `Salvador-Lease` header names the delivery (ack subject) holding the task, written
+  with the record by the holder's own writes (backend.py);
 - `k.<w>.<key hex>`: the task id holding an idempotency key, created before the record.
 """
 
@@ -42,6 +42,8 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_VERSION = "Salvador-Version"
 #: Due time of a delayed message, epoch milliseconds.
 HEADER_DUE = "Salvador-Due"
+#: On a record: the ack subject of the delivery holding the task (absent: nobody holds it).
+HEADER_LEASE = "Salvador-Lease"
 
 
 def token(text: str) -> str:
@@ -72,10 +74,6 @@ def record_key(task_id: str) -> str:
     return f"t.{task_id}"
 
 
-def lease_key(task_id: str) -> str:
-    return f"l.{task_id}"
-
-
 def idempotency_key(workflow: str, key: str) -> str:
     return f"k.{token(workflow)}.{token(key)}"
 
@@ -88,3 +86,18 @@ def check_task_id(task_id: str) -> str:
             "'=' or '-' (1 to 200 of them), as the engine's own ids do"
         )
     return task_id
+
+
+def delivery_of(ack_subject: str) -> tuple[int, int]:
+    """(stream sequence, delivery count) of the delivery behind a JetStream ack subject:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...` or, with a domain and account hash,
+    `$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...`; (0, 0) if it is
+    neither."""
+    tokens = ack_subject.split(".")
+    at = 4 if len(tokens) == 9 else 6 if len(tokens) >= 12 else None
+    if at is None or tokens[:2] != ["$JS", "ACK"]:
+        return 0, 0
+    try:
+        return int(tokens[at + 1]), int(tokens[at])
+    except ValueError:
+        return 0, 0

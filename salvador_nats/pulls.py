@@ -1,11 +1,20 @@
-"""Pull requests to JetStream consumers, each answered on an inbox of its own.
+"""Every reply this process waits for: the answers to requests (JetStream API calls, KV
+writes and publishes, which the server acknowledges) and the deliveries of pull requests
+to JetStream consumers.
 
-nats-py's pull subscription shares one inbox between concurrent `fetch` calls, so a message
-meant for one waiter can sit unread in the shared queue while its AckWait runs out. Here
-every request gets its own inbox subscription: its messages go to the request that asked
-for them, and one that arrives after its requester gave up (cancelled, timed out) is handed
-back at once with a `-NAK`, never held. The inbox stays subscribed until the request has
-expired on the server, so nothing can be delivered to an inbox nobody reads. The request's
+Requests: nats-py's request path spends, per request, a NUID, a random token, a
+done-callback and an `asyncio.wait_for` (a timer). Here one wildcard subscription
+(`<inbox>.*`) routes each answer by its last subject token, a counter, to the future
+waiting for it, and one sweep a second fails the requests whose answer is overdue (all
+have the same timeout, so the oldest are the first in line).
+
+Pulls: nats-py's pull subscription shares one inbox between concurrent `fetch` calls, so a
+message meant for one waiter can sit unread in the shared queue while its AckWait runs out.
+(Deliveries keep their stream subject, so they cannot be routed by an inbox token.) Here
+every pull request gets its own inbox subscription: its messages go to the request that
+asked for them, and one that arrives after its requester gave up (cancelled, timed out) is
+handed back at once with a `-NAK`, never held. The inbox stays subscribed until the request
+has expired on the server, so nothing can be delivered to an inbox nobody reads. A pull's
 send time is kept, so a lease can be measured from before the server could have started
 its AckWait clock.
 """
@@ -15,13 +24,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from nats import errors as nx
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 STATUS = "Status"
+
+#: How long a request waits for its reply (the JetStream context's own timeout), give or
+#: take the sweep's period.
+REQUEST_TIMEOUT = 10.0
+SWEEP_PERIOD = 1.0
 
 
 @dataclass(eq=False)
@@ -29,7 +46,7 @@ class Pull:
     """One outstanding pull request: its messages arrive on `items`, then a None."""
 
     remaining: int
-    sent_at: float  # epoch seconds, taken before the request was published
+    sent_at: float  # epoch seconds on the backend's clock, taken before the request was published
     expires_at: float  # monotonic time after which the server sends nothing more
     items: asyncio.Queue[Msg | None] = field(default_factory=asyncio.Queue)
     open: bool = True
@@ -37,35 +54,82 @@ class Pull:
     sub: Subscription | None = None
 
 
-class PullRouter:
-    """Sends pull requests and routes their replies; one per connection."""
+class Inbox:
+    """Sends requests and pull requests and routes their replies; one per connection."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, clock: Callable[[], float]) -> None:
         self.nc = nc
-        self.live: set[Pull] = set()
+        self.clock = clock
+        self.prefix = nc.new_inbox()
+        self._cut = len(self.prefix) + 1
+        self._next = 0
+        #: Requests waiting for their answer, oldest first: token -> (future, deadline).
+        self._replies: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._pulls: set[Pull] = set()
+        self._sub: Subscription | None = None
         self.background: set[asyncio.Task[None]] = set()
 
+    async def start(self) -> None:
+        """Subscribe to the inbox; the subscription is renewed by the client on reconnects."""
+        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._answer)
+        self._sweeper = asyncio.create_task(self._sweep(), name="salvador-nats-request-timeouts")
+
     async def stop(self) -> None:
-        """End every request and send what is still to be sent (naks, unsubscribes)."""
-        for pull in list(self.live):
+        """End every pull, fail every request still waiting, send what is still to be sent
+        (naks, unsubscribes), and unsubscribe."""
+        for pull in list(self._pulls):
             pull.items.put_nowait(None)
             self._finish(pull)
-        self.live.clear()
+        self._pulls.clear()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+        for reply, _ in self._replies.values():
+            if not reply.done():
+                reply.set_exception(nx.ConnectionClosedError())
+        self._replies.clear()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+        sub, self._sub = self._sub, None
+        if sub is not None and not self.nc.is_closed:
+            try:
+                await sub.unsubscribe()
+            except nx.Error:
+                pass  # the connection is going away: so is the subscription
 
-    async def request(self, api_subject: str, *, batch: int, wait: float) -> Pull:
+    def _token(self) -> str:
+        self._next += 1
+        return str(self._next)
+
+    async def request(self, subject: str, payload: bytes, *, headers: dict[str, str] | None = None) -> Msg:
+        """Publish `payload` to `subject` and wait for the one reply (`nats.errors.TimeoutError`
+        after `REQUEST_TIMEOUT` seconds, `NoRespondersError` when nothing listens on `subject`)."""
+        token = self._token()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Msg] = loop.create_future()
+        self._replies[token] = (reply, loop.time() + REQUEST_TIMEOUT)
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self.prefix}.{token}", headers=headers)
+            msg = await reply
+        finally:
+            self._replies.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get(STATUS) == "503":
+            raise nx.NoRespondersError
+        return msg
+
+    async def pull(self, api_subject: str, *, batch: int, wait: float) -> Pull:
         """Ask the consumer at `api_subject` for up to `batch` messages within `wait`
-        seconds (0: only what is there now)."""
+        seconds (0: only what is there now), on an inbox of the request's own."""
         inbox = self.nc.new_inbox()
-        pull = Pull(remaining=batch, sent_at=time.time(), expires_at=time.monotonic() + max(wait, 0) + 1.0)
+        pull = Pull(remaining=batch, sent_at=self.clock(), expires_at=time.monotonic() + max(wait, 0) + 1.0)
 
         async def route(msg: Msg) -> None:
-            self._route(pull, msg)
+            self._deliver(pull, msg)
 
         pull.sub = await self.nc.subscribe(inbox, cb=route)
-        self.live.add(pull)
-        body: dict[str, object] = {"batch": batch}
+        self._pulls.add(pull)
+        body: dict[str, Any] = {"batch": batch}
         if wait <= 0:
             body["no_wait"] = True
         else:
@@ -92,9 +156,30 @@ class PullRouter:
         """`-NAK` a delivery nobody will use, so it is redelivered now (fire and forget:
         if it is lost, the AckWait brings the message back all the same)."""
         if msg.reply:
-            self.spawn(self._publish(msg.reply, b"-NAK"))
+            self.spawn(self.nc.publish(msg.reply, b"-NAK"))
 
-    def _route(self, pull: Pull, msg: Msg) -> None:
+    async def _answer(self, msg: Msg) -> None:
+        waiting = self._replies.pop(msg.subject[self._cut :], None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)  # else: its requester gave up; nothing waits for it
+
+    async def _sweep(self) -> None:
+        """Fail the requests whose answer is overdue: the oldest are the first in line."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD)
+            now = loop.time()
+            overdue = []
+            for token, (_, deadline) in self._replies.items():
+                if deadline > now:
+                    break
+                overdue.append(token)
+            for token in overdue:
+                reply, _ = self._replies.pop(token)
+                if not reply.done():
+                    reply.set_exception(nx.TimeoutError())
+
+    def _deliver(self, pull: Pull, msg: Msg) -> None:
         status = msg.headers.get(STATUS) if msg.headers else None
         if status is not None and not msg.data:
             if status == "100":  # an idle heartbeat: the request is still alive
@@ -105,7 +190,7 @@ class PullRouter:
                 self._finish(pull)
             return
         if not pull.open:
-            self.give_back(msg)
+            self.give_back(msg)  # its requester gave up: never hold it
             return
         pull.items.put_nowait(msg)
         pull.remaining -= 1
@@ -114,24 +199,21 @@ class PullRouter:
             pull.items.put_nowait(None)
 
     def _finish(self, pull: Pull) -> None:
-        self.live.discard(pull)
+        self._pulls.discard(pull)
         sub, pull.sub = pull.sub, None
         if sub is not None and not self.nc.is_closed:
             self.spawn(sub.unsubscribe())
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Any) -> None:
         """Run `coro` in the background, kept referenced until done; `stop` waits for it."""
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.background.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: a failed nak or unsubscribe changes nothing
-
-    async def _publish(self, subject: str, data: bytes) -> None:
-        await self.nc.publish(subject, data)
+            task.exception()  # retrieved: a failed nak changes nothing
 
 
 def api_next(stream: str, consumer: str) -> str:

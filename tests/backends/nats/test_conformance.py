@@ -34,13 +34,19 @@ class TestNatsConformance(BackendConformance):
         await backend.kv.put(f"t.{task_id}", raw)
 
     async def expire_lease(self, backend: NatsBackend, claim: Claim) -> None:
-        """What the server does when AckWait runs out, now: the lease entry goes (so the
-        holder's compare-and-set fails) and the delivery is nak'ed (so it is redelivered)."""
-        try:
-            entry = await backend.kv.get(f"l.{claim.task_id}")
-        except jx.KeyNotFoundError:
-            return
-        await backend.kv.delete(f"l.{claim.task_id}")
-        if entry.value:
-            await backend.nc.publish(entry.value.decode().split()[0], b"-NAK")  # reply lease at
-            await backend.nc.flush()
+        """What the server does when AckWait runs out, now: the delivery is nak'ed (so it
+        is redelivered at once) and the record stops naming it as holder, as a deadline
+        past would tell the holder itself (a compare-and-set rewrite of the same bytes, so
+        the holder's ack, extend and release fail)."""
+        key = f"t.{claim.task_id}"
+        for _ in range(10):
+            found = await backend.records.read(key)
+            if found is None or found.gone:
+                break
+            try:
+                await backend.records.write(key, found.data, expected=found.revision)
+                break
+            except jx.KeyWrongLastSequenceError:
+                continue  # written meanwhile: rewrite what is there now
+        await backend.nc.publish(claim.receipt.partition(" ")[2], b"-NAK")
+        await backend.nc.flush()
