@@ -789,7 +789,9 @@ async def _rate(seconds: float, loops: int, op: Callable[[int], Awaitable[Any]])
 async def postgres_ceiling(seconds: float) -> dict[str, float]:
     """What plain asyncpg gets from the server from this process: sequential `SELECT 1`/s,
     sequential commits/s (one-row INSERT, autocommit), and a bare SKIP LOCKED queue's
-    claim+complete/s with 8 connections (claim: UPDATE ... RETURNING; complete: DELETE)."""
+    claim+complete/s with 8 connections (claim: UPDATE ... RETURNING; complete: DELETE), one
+    job per statement; and the same queue batched as a batch-claiming worker does it: jobs/s
+    of one connection claiming 100 jobs per statement and completing them in one DELETE."""
     import asyncpg
 
     schema = f"salvador_ceiling_{os.getpid()}"
@@ -819,11 +821,18 @@ async def postgres_ceiling(seconds: float) -> dict[str, float]:
             await conns[i].execute(f'DELETE FROM "{schema}".q WHERE id = $1', task_id)
 
         queue = await _rate(seconds, 8, claim_complete)
+        claim_100 = claim.replace("WHERE id = (", "WHERE id IN (").replace("LIMIT 1", "LIMIT 100")
+        jobs, began = 0, time.perf_counter()
+        while time.perf_counter() < began + seconds:
+            ids = [row["id"] for row in await first.fetch(claim_100)]
+            await first.execute(f'DELETE FROM "{schema}".q WHERE id = any($1::bigint[])', ids)
+            jobs += len(ids)
+        batched = jobs / (time.perf_counter() - began)
         await first.execute(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         for conn in conns:
             await conn.close()
-    return {"select_1": select_1, "commits": commits, "claim_complete_8": queue}
+    return {"select_1": select_1, "commits": commits, "claim_complete_8": queue, "batched_100": batched}
 
 
 async def postgres_depth(depths: list[int], seconds: float) -> dict[int, float]:
@@ -865,30 +874,107 @@ async def postgres_depth(depths: list[int], seconds: float) -> dict[int, float]:
     return rates
 
 
-def postgres_report(rows: list[Row], ceiling: dict[str, float] | None, depth: dict[int, float]) -> str:
-    if ceiling is None:
-        return ""
+async def postgres_statements(setup: PostgresSetup, steps: int, tasks: int) -> dict[str, float]:
+    """Statements per task, counted in a separate pass of the same workload (submit `tasks`
+    `steps`-step tasks at concurrency 100, then a worker drains them at concurrency 100),
+    on the client: every statement of the backend goes through its pool wrapper, and each
+    is one round trip and one commit. `submit`: per submit; the others per task while the
+    worker runs, by kind (`claim`, `checkpoint` and `settle` count statements, however many
+    tasks each carried; `other`: anything else)."""
+    from salvador_postgres import PostgresBackend
+
+    counts: Counter[str] = Counter()
+    done = Completions()
+    wf = workflow(steps, done)
+    async with setup.fresh_url() as url:
+        engine = Engine.from_url(url, workflows=[wf], concurrency=100)
+        async with engine:
+            backend = engine.backend
+            assert isinstance(backend, PostgresBackend)
+            sql = backend._sql
+            kinds = {sql.claim: "claim", sql.update: "checkpoint", sql.update_many: "checkpoint",
+                     sql.settle: "settle", sql.settle_many: "settle"}
+            db = backend._db()
+            for method in ("fetch", "fetchrow", "fetchval", "execute"):
+                send = getattr(db, method)
+
+                async def counted(statement: str, *args: Any, send: Any = send) -> Any:
+                    counts[kinds.get(statement, "other")] += 1
+                    return await send(statement, *args)
+
+                setattr(db, method, counted)
+            await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
+            submit = sum(counts.values()) / tasks
+            counts.clear()
+            done.target = tasks
+            worker = asyncio.create_task(engine.run(handle_signals=False))
+            try:
+                await _unless_worker_dies(done.all_done.wait(), worker)
+                await asyncio.sleep(0.2)  # the last final writes, issued after the last step
+                ran = Counter(counts)
+            finally:
+                engine.stop()
+                await worker
+    return {"submit": submit, **{k: ran[k] / tasks for k in ("claim", "checkpoint", "settle", "other")}}
+
+
+async def postgres_section(setup: PostgresSetup, plan: Plan, rows: list[Row]) -> tuple[str, bool]:
+    """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
+    server's ceiling and claims at depth measured in the same run, every row at concurrency
+    10 and 100 as a share of the ceiling, and the statements per task. Returns the text to
+    print and whether something failed."""
+    failed = False
+    for c in (1, 10):
+        n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
+        print(f"[postgres] 1-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(await run_one(setup, 1, c, n, plan.latency_samples(c, n)))
+        except Exception as exc:
+            failed = True
+            rows.append(Row("postgres", 1, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
+    print("[postgres] ceiling and claims at depth ...", file=sys.stderr, flush=True)
+    try:
+        ceiling = await postgres_ceiling(0.5 if plan.quick else 1.5)
+        deep = 100_000 if plan.quick else 1_000_000
+        depth = await postgres_depth([1_000, deep], 1.0 if plan.quick else 3.0)
+    except Exception as exc:
+        return f"postgres: ceiling/depth FAILED: {type(exc).__name__}: {exc}", True
     out = [
         "PostgreSQL ceiling from this process (plain asyncpg, same run):",
         f"  sequential SELECT 1 {fmt_rate(ceiling['select_1'])}/s, sequential commits "
         f"{fmt_rate(ceiling['commits'])}/s, bare SKIP LOCKED claim+complete with 8 connections "
-        f"{fmt_rate(ceiling['claim_complete_8'])}/s",
+        f"{fmt_rate(ceiling['claim_complete_8'])}/s (one job per statement), the same batched "
+        f"(one connection, 100 jobs per claim and per complete) {fmt_rate(ceiling['batched_100'])} jobs/s",
     ]
-    for steps in (1, 3):
-        row = next((r for r in rows if r.backend == "postgres" and r.steps == steps and r.concurrency == 100
-                    and not r.skipped), None)
-        if row is not None:
-            out.append(
-                f"  {steps}-step tasks, one worker at concurrency 100: {fmt_rate(row.completed_per_s)}/s = "
-                f"{row.completed_per_s / ceiling['claim_complete_8']:.0%} of the bare queue ceiling"
-            )
-    if len(depth) == 2:
-        (small, small_rate), (deep, deep_rate) = sorted(depth.items())
+    for row in sorted(rows, key=lambda r: (r.steps, r.concurrency)):
+        if row.backend != "postgres" or row.skipped or row.concurrency < 10:
+            continue
+        rate = row.completed_per_s
         out.append(
-            f"  claim+release/s, one claimer: {fmt_rate(small_rate)} with {small:,} pending, "
-            f"{fmt_rate(deep_rate)} with {deep:,} pending ({deep_rate / small_rate:.0%}; target >= 80%)"
+            f"  {row.steps}-step tasks, one worker at concurrency {row.concurrency}: {fmt_rate(rate)}/s = "
+            f"{rate / ceiling['claim_complete_8']:.0%} of the bare queue ceiling, "
+            f"{rate / ceiling['batched_100']:.0%} of the batched one"
         )
-    return "\n".join(out)
+    (small, small_rate), (deep, deep_rate) = sorted(depth.items())
+    out.append(
+        f"  claim+release/s, one claimer: {fmt_rate(small_rate)} with {small:,} pending, "
+        f"{fmt_rate(deep_rate)} with {deep:,} pending ({deep_rate / small_rate:.0%}; target >= 80%)"
+    )
+    print("[postgres] counting statements per task ...", file=sys.stderr, flush=True)
+    for steps in (1, 3):
+        try:
+            sent = await postgres_statements(setup, steps, min(plan.tasks, 2000))
+        except Exception as exc:
+            failed = True
+            out.append(f"  {steps}-step: counting statements FAILED: {type(exc).__name__}: {exc}"[:200])
+            continue
+        ran = sum(v for k, v in sent.items() if k != "submit")
+        out.append(
+            f"  {steps}-step at concurrency 100, statements (round trips, commits) per task while the "
+            f"worker runs: {ran:.3f} (claim {sent['claim']:.3f}, checkpoint {sent['checkpoint']:.3f}, "
+            f"settle {sent['settle']:.3f}, other {sent['other']:.3f}); per submit: {sent['submit']:.2f}"
+        )
+    return "\n".join(out), failed
 
 
 # -- NATS ----------------------------------------------------------------------------------
@@ -993,10 +1079,60 @@ async def nats_ceiling(seconds: float) -> dict[str, float]:
     return {"publish_ack": publish_rate, "fetch_ack": fetch_rate}
 
 
+async def nats_requests(setup: NatsSetup, steps: int, tasks: int) -> dict[str, float]:
+    """What the backend sends per task, counted in a separate pass of the same workload
+    (submit `tasks` `steps`-step tasks, then a worker drains them at concurrency 100):
+    `submit` request-replies per submit; per task while the worker runs, `requests`
+    (request-replies: record reads and writes, publishes the server acknowledges), `pulls`
+    (pull requests) and `acks` (acks and naks, not waited for)."""
+    from nats.aio.client import Client
+
+    from salvador_nats.pulls import Inbox
+
+    counts: Counter[str] = Counter()
+    request, pull, publish = Inbox.request, Inbox.pull, Client.publish
+
+    async def counted_request(self: Inbox, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        counts["requests"] += 1
+        return await request(self, subject, payload, **kwargs)
+
+    async def counted_pull(self: Inbox, api_subject: str, **kwargs: Any) -> Any:
+        counts["pulls"] += 1
+        return await pull(self, api_subject, **kwargs)
+
+    async def counted_publish(self: Client, subject: str, *args: Any, **kwargs: Any) -> Any:
+        if subject.startswith("$JS.ACK."):
+            counts["acks"] += 1
+        return await publish(self, subject, *args, **kwargs)
+
+    done = Completions()
+    wf = workflow(steps, done)
+    Inbox.request, Inbox.pull, Client.publish = counted_request, counted_pull, counted_publish  # type: ignore[method-assign]
+    try:
+        async with setup.fresh_url() as url:
+            engine = Engine.from_url(url, workflows=[wf], concurrency=100)
+            async with engine:
+                await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
+                submit = counts["requests"] / tasks
+                counts.clear()
+                done.target = tasks
+                worker = asyncio.create_task(engine.run(handle_signals=False))
+                try:
+                    await _unless_worker_dies(done.all_done.wait(), worker)
+                    await asyncio.sleep(0.2)  # the last final writes, issued after the last step
+                    ran = Counter(counts)
+                finally:
+                    engine.stop()
+                    await worker
+    finally:
+        Inbox.request, Inbox.pull, Client.publish = request, pull, publish  # type: ignore[method-assign]
+    return {"submit": submit, **{k: ran[k] / tasks for k in ("requests", "pulls", "acks")}}
+
+
 async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[str, bool]:
     """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
-    server's ceiling measured in the same run, and how close the backend gets to it.
-    Returns the text to print and whether something failed."""
+    server's ceiling measured in the same run, how close the backend gets to it, and what
+    it sends per task. Returns the text to print and whether something failed."""
     failed = False
     for c in (1, 10):
         n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
@@ -1016,16 +1152,27 @@ async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[s
         f"JetStream publish+ack {fmt_rate(ceiling['publish_ack'])}/s (100 in flight), "
         f"fetch+ack {fmt_rate(ceiling['fetch_ack'])}/s (pull batches of 100)",
     ]
-    for steps in (1, 3):
-        row = next((r for r in rows if r.backend == "nats" and r.steps == steps and r.concurrency == 100
-                    and not r.skipped), None)
-        if row is None:
+    for row in rows:
+        if row.backend != "nats" or row.skipped or row.concurrency < 10:
             continue
         out.append(
-            f"  {steps}-step at concurrency 100: submits {fmt_rate(row.submits_per_s)}/s = "
+            f"  {row.steps}-step at concurrency {row.concurrency}: submits {fmt_rate(row.submits_per_s)}/s = "
             f"{row.submits_per_s / ceiling['publish_ack']:.0%} of publish+ack; completed "
             f"{fmt_rate(row.completed_per_s)}/s = {row.completed_per_s / ceiling['fetch_ack']:.0%} of "
-            "fetch+ack (a task is one publish and one fetch+ack, plus its KV reads and writes)"
+            "fetch+ack"
+        )
+    print("[nats] counting what is sent per task ...", file=sys.stderr, flush=True)
+    for steps in (1, 3):
+        try:
+            sent = await nats_requests(setup, steps, min(plan.tasks, 2000))
+        except Exception as exc:
+            failed = True
+            out.append(f"  {steps}-step: counting requests FAILED: {type(exc).__name__}: {exc}"[:200])
+            continue
+        out.append(
+            f"  {steps}-step, sent per task while the worker runs: {sent['requests']:.2f} request-replies, "
+            f"{sent['pulls']:.3f} pull requests, {sent['acks']:.2f} acks (not waited for); "
+            f"per submit: {sent['submit']:.2f} request-replies"
         )
     return "\n".join(out), failed
 
@@ -1056,8 +1203,7 @@ async def bench(plan: Plan) -> int:
     ceiling: dict[str, float] | None = None
     counts: RedisCounts | None = None
     idle: dict[str, float] = {}
-    pg_ceiling: dict[str, float] | None = None
-    pg_depth: dict[int, float] = {}
+    pg_text = ""
     across: list[CrossProcess] = []
     nats_text = ""
     failed = False
@@ -1109,15 +1255,8 @@ async def bench(plan: Plan) -> int:
                 ceiling = await redis_ceiling(setup.client, 0.5 if plan.quick else 1.5)
                 await setup.close()
             if isinstance(setup, PostgresSetup):
-                print("[postgres] ceiling and claims at depth ...", file=sys.stderr, flush=True)
-                try:
-                    pg_ceiling = await postgres_ceiling(0.5 if plan.quick else 1.5)
-                    pg_depth = await postgres_depth(
-                        [1_000, 100_000 if plan.quick else 1_000_000], 1.0 if plan.quick else 3.0
-                    )
-                except Exception as exc:
-                    failed = True
-                    notes.append(f"postgres: ceiling/depth FAILED: {type(exc).__name__}: {exc}")
+                pg_text, pg_failed = await postgres_section(setup, plan, rows)
+                failed = failed or pg_failed
             if isinstance(setup, NatsSetup):
                 nats_text, nats_failed = await nats_section(setup, plan, rows)
                 failed = failed or nats_failed
@@ -1143,10 +1282,9 @@ async def bench(plan: Plan) -> int:
     report = redis_report(rows, ceiling, counts, idle.get("redis"))
     if report:
         print(report)
-    report = postgres_report(rows, pg_ceiling, pg_depth)
-    if report:
+    if pg_text:
         print()
-        print(report)
+        print(pg_text)
     if nats_text:
         print()
         print(nats_text)

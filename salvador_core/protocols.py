@@ -171,6 +171,19 @@ class Backend(TaskStore, TaskQueue, Protocol):
 
 
 @runtime_checkable
+class BatchClaims(Protocol):
+    """Optional: a queue that can lease several tasks in one round trip offers this. The
+    worker then claims as many tasks as it has free slots in one call, instead of one call
+    per slot; it never asks for more than it can start at once, so no batch-claimed task
+    waits out part of its lease unrun. The conformance suite holds it to `claim`'s contract."""
+
+    async def claim_many(self, workflow: str, limit: int, *, lease: float, wait: float) -> list[Claim]:
+        """Up to `limit` (>= 1) leases on due tasks of `workflow` in one go, oldest first;
+        waits up to `wait` seconds for the first; [] when none came. Each claim is
+        exactly what `claim` would have returned for that task."""
+
+
+@runtime_checkable
 class TransactionalSubmit(Protocol):
     """Optional: store a task on the caller's own connection, inside its open transaction
     (the outbox pattern). `Engine.submit(..., connection=conn)` uses it; the core protocols
@@ -184,9 +197,18 @@ class TransactionalSubmit(Protocol):
 
 @runtime_checkable
 class TaskCounts(Protocol):
-    """Optional: a backend that can count without reading every record (a GROUP BY, a
-    counter) offers this; `salvador stats` (and the metrics of queue depth) use it instead
-    of walking the listing. The conformance suite holds its figures to the listing's."""
+    """Optional: a backend that can count without reading every record (an index, a
+    counter) offers this; `salvador stats`, the dashboard's overview and the metrics of
+    queue depth use it instead of walking the listing, so its cost must not grow with the
+    tasks stored. The conformance suite holds its figures to the listing's."""
 
     async def stats(self) -> list[WorkflowStats]:
-        """One entry per workflow that has tasks, as `salvador stats` prints them."""
+        """One entry per workflow that has tasks, as `salvador stats` prints them.
+
+        `counts` and `dead_letters` agree with what `list` shows (records it cannot decode
+        may be counted); `queued` counts pending tasks that are due and not leased, `delayed`
+        pending tasks due later; `oldest_wait_seconds` is None exactly when nothing is
+        queued. `completions` has `COMPLETION_MINUTES` entries: a task completed now counts
+        in the last one (the previous one if the minute turns meanwhile). A backend may
+        count completions from the completed tasks it stores (a purged one then drops
+        out) or as they happen (it stays counted for the hour)."""

@@ -26,12 +26,13 @@ orphan within that many intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import builtins
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from salvador_core.errors import LeaseLostError
-from salvador_core.protocols import TaskQueue, TaskStore
+from salvador_core.protocols import BatchClaims, TaskQueue, TaskStore
 from salvador_core.task import Claim, Page, Task, TaskStatus, utcnow
 
 
@@ -41,9 +42,17 @@ class SplitBackend:
     #: Pending tasks read per `repair_orphans` call.
     page_size = 500
 
+    #: The queue's own `claim_many`, set only when the queue has one (`BatchClaims`): the
+    #: worker asks `isinstance(backend, BatchClaims)`, so a split backend must offer batch
+    #: claims exactly when its queue does (a stand-in looping over `claim` would make the
+    #: worker hold every free slot while it waits for one task).
+    claim_many: Callable[..., Awaitable[builtins.list[Claim]]]
+
     def __init__(self, store: TaskStore, queue: TaskQueue) -> None:
         self.store = store
         self.queue = queue
+        if isinstance(queue, BatchClaims):
+            self.claim_many = queue.claim_many
         self.max_payload_bytes: int | None = getattr(store, "max_payload_bytes", None)
         self._same = queue is store  # type: ignore[comparison-overlap]
         self._cursor: str | None = None  # where the next repair pass goes on

@@ -9,13 +9,20 @@ statement, so one atomic transaction and one round trip:
 
 - submit: one INSERT (record, queue entry, NOTIFY); a duplicate idempotency key meets the
   unique index and `ON CONFLICT DO NOTHING`, and the existing task is read instead;
-- claim: one statement: the oldest due row of the workflow, locked with `FOR UPDATE SKIP
-  LOCKED` through the partial index `tasks_queue`, leased, and returned with its record;
-  when none is due it returns how long until the next due time or lease deadline;
+- claim (and `claim_many`, a batch): one statement: the oldest due rows of the workflow,
+  locked with `FOR UPDATE SKIP LOCKED` through the partial index `tasks_queue`, leased, and
+  returned with their records; when none is due it returns how long until the next due
+  time or lease deadline;
 - a checkpoint (`update`): one UPDATE fenced by `WHERE version = $n`;
 - settle: one UPDATE that writes the record (fenced) and clears the queue entry only if the
   claim's receipt is still the lease; requeue: one UPDATE that writes, re-queues and
   NOTIFYs.
+
+Submits, checkpoints and settles issued in the same turn of the event loop (a batch of
+runs writes together, a busy producer submits together) share one statement over arrays,
+each row fenced on its own, so one round trip and one commit for the group: see
+coalesce.py. Connections are kept between statements rather than given back to asyncpg's
+pool each time (see `_Pool`).
 
 A queued row is due when `q_receipt IS NULL` and `q_due <= now`; a leased row's `q_due` is
 its lease deadline, so an expired lease is simply due again, is re-delivered with
@@ -35,10 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -55,6 +63,7 @@ from salvador_core.errors import (
     PayloadTooLargeError,
 )
 from salvador_core.task import (
+    COMPLETION_MINUTES,
     DEAD_LETTER_STATUSES,
     Claim,
     Page,
@@ -62,6 +71,7 @@ from salvador_core.task import (
     Task,
     TaskStatus,
     WorkflowStats,
+    completion_buckets,
     decode_task,
     encode_task,
     purge_statuses,
@@ -69,8 +79,9 @@ from salvador_core.task import (
     utcnow,
 )
 from salvador_postgres import schema as migrations
-from salvador_postgres.listener import Listener
+from salvador_postgres.coalesce import Coalesced
 from salvador_postgres.durability import postgres_findings
+from salvador_postgres.listener import Listener
 from salvador_postgres.settings import Settings, parse_url, quote_ident
 from salvador_postgres.transactional import driver_connection
 
@@ -125,7 +136,8 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
 
 
 class _Pool:
-    """The backend's asyncpg pool, with one retry of a statement whose connection was lost.
+    """The backend's asyncpg pool, with one retry of a statement whose connection was lost,
+    and connections kept between statements.
 
     Every statement of this backend may be sent twice: reads trivially; fenced writes
     because a first attempt that did commit makes the second fail its fence
@@ -133,10 +145,20 @@ class _Pool:
     idempotent per task id; a claim whose reply was lost leaves a lease that expires; ack,
     extend and release are fenced by the receipt. Without the retry, every connection
     terminated under a worker would cost a run (and a lease's wait) instead of a round trip.
+
+    A use of asyncpg's pool (an acquire, and a release that runs through `asyncio.shield`
+    and a task of its own) costs about as much CPU as a round trip on loopback. So a
+    connection whose statement succeeded is kept here for the next statement, most recent
+    first. It goes back to the pool when a statement on it fails (the pool cleans it up,
+    or replaces a dead one), when a caller is waiting for the pool (all `pool_size`
+    connections are in use or kept), and when the backend closes.
     """
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
+        self._kept: builtins.list[Any] = []
+        self._acquiring = 0  # callers now waiting in `pool.acquire()`
+        self._closing = False
 
     async def fetch(self, sql: str, *args: Any) -> Any:
         return await self._twice("fetch", sql, args)
@@ -152,16 +174,64 @@ class _Pool:
 
     async def _twice(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         for attempt in (1, 2):
-            conn = await self.pool.acquire()
+            conn = await self._take()
             try:
-                return await getattr(conn, method)(sql, *args)
+                result = await getattr(conn, method)(sql, *args)
             except _CONNECTION_LOST:
-                conn.terminate()  # the pool opens a new connection in its place
+                await self._discard(conn)
                 if attempt == 2:
                     raise
-            finally:
+                continue
+            except BaseException:
                 await self.pool.release(conn)
+                raise
+            await self._keep(conn)
+            return result
         raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection of the pool for the body of the `async with` (migrations)."""
+        conn = await self._take()
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    async def close(self) -> None:
+        """Give every kept connection back to the pool, and from now on each one as soon as
+        its statement is done, so the pool can close."""
+        self._closing = True
+        kept, self._kept = self._kept, []
+        for conn in kept:
+            await self.pool.release(conn)
+
+    async def _take(self) -> Any:
+        while self._kept:
+            conn = self._kept.pop()
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:
+                continue  # its connection closed while kept: asyncpg gave it back already
+            await self._discard(conn)
+        self._acquiring += 1
+        try:
+            return await self.pool.acquire()
+        finally:
+            self._acquiring -= 1
+
+    async def _discard(self, conn: Any) -> None:
+        """Throw away a dead connection; the pool opens a new one in its place."""
+        with contextlib.suppress(asyncpg.InterfaceError):  # asyncpg gave it back already
+            conn.terminate()
+        await self.pool.release(conn)
+
+    async def _keep(self, conn: Any) -> None:
+        if self._closing or self._acquiring:
+            await self.pool.release(conn)  # someone waits for a connection: theirs
+        else:
+            self._kept.append(conn)
 
 
 def _guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
@@ -227,6 +297,11 @@ class PostgresBackend:
         self._listener: Listener | None = None
         self._wakeups: dict[str, asyncio.Event] = {}
         self._sql = _Statements(quote_ident(settings.schema), settings.channel)
+        # Submits, checkpoints and settles issued in one turn of the event loop share a
+        # statement (coalesce.py).
+        self._submits = Coalesced(self._db, self._sql.insert, self._sql.insert_many, _inserted)
+        self._checkpoints = Coalesced(self._db, self._sql.update, self._sql.update_many, _fenced)
+        self._settles = Coalesced(self._db, self._sql.settle, self._sql.settle_many, _fenced)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBackend:
@@ -248,7 +323,9 @@ class PostgresBackend:
         if self._pool is not None:
             return
         kwargs = self.settings.connect_kwargs()
-        pool = await asyncpg.create_pool(min_size=1, max_size=self.settings.pool_size, **kwargs)
+        pool = await asyncpg.create_pool(
+            min_size=1, max_size=self.settings.pool_size, reset=_keep_session, **kwargs
+        )
         try:
             async with pool.acquire() as conn:
                 await self._check_schema(conn)
@@ -261,11 +338,13 @@ class PostgresBackend:
     async def close(self) -> None:
         """Close the pool and the LISTEN connection. Safe to call twice; `open()` works again."""
         pool, self._pool = self._pool, None
-        self._retrying = None
+        retrying, self._retrying = self._retrying, None
         listener, self._listener = self._listener, None
         self._wake(None)
         if listener is not None:
             await listener.close()
+        if retrying is not None:
+            await retrying.close()
         if pool is not None:
             await _close_pool(pool)
 
@@ -280,8 +359,8 @@ class PostgresBackend:
     async def migrate(self) -> builtins.list[int]:
         """Bring the schema up to this code's version (creating it if needed); returns the
         versions applied. Safe while other processes migrate or run. Works opened or not."""
-        if self._pool is not None:
-            async with self._pool.acquire() as conn:
+        if self._retrying is not None:
+            async with self._retrying.connection() as conn:
                 return await migrations.migrate(conn, self.schema, self.where)
         conn = await asyncpg.connect(**self.settings.connect_kwargs())
         try:
@@ -325,10 +404,11 @@ class PostgresBackend:
 
     @_guarded
     async def update(self, task: Task, expected_version: int) -> Task:
-        """Compare-and-set on `version`, one statement."""
+        """Compare-and-set on `version`, one statement (shared with the other checkpoints
+        issued in the same turn of the event loop: see coalesce.py)."""
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        row = await self._db().fetchrow(self._sql.update, *_write_args(stored, expected_version))
-        _check_write(row, task.id, expected_version)
+        outcome = await self._checkpoints.write(_write_args(stored, expected_version))
+        _check_write(outcome, task.id, expected_version)
         return stored
 
     @_guarded
@@ -399,8 +479,9 @@ class PostgresBackend:
 
     @_guarded
     async def stats(self) -> builtins.list[WorkflowStats]:
-        """Counts by workflow and status, and the waiting queue's depth and oldest due time
-        (TaskCounts): two aggregate queries on the database's clock, no record read."""
+        """Counts by workflow and status, the waiting queue's depth and oldest due time, and
+        completions per minute (index tasks_completed) (TaskCounts): three aggregate queries
+        on the database's clock, no record read."""
         db = self._db()
         found: dict[str, WorkflowStats] = {}
         table = self._sql.table
@@ -423,6 +504,21 @@ class PostgresBackend:
             stats.queued, stats.delayed = row["due"], row["later"]
             oldest = row["oldest"]
             stats.oldest_wait_seconds = None if oldest is None else max(0.0, float(oldest))
+        # A completed task is never written again (unless requeued): updated_at is when it
+        # completed. `now` is the server's current minute, so its clock decides the window.
+        finished: dict[str, builtins.list[tuple[int, int]]] = {}
+        current = 0
+        for row in await db.fetch(
+            "SELECT workflow, floor(extract(epoch FROM updated_at) / 60)::bigint AS minute, "
+            "count(*) AS n, floor(extract(epoch FROM now()) / 60)::bigint AS now "
+            f"FROM {table} WHERE status = 'completed' "
+            f"AND updated_at >= date_trunc('minute', now()) - interval '{COMPLETION_MINUTES - 1} minutes' "
+            "GROUP BY workflow, minute"
+        ):
+            finished.setdefault(row["workflow"], []).append((row["minute"], row["n"]))
+            current = row["now"]
+        for name, stats in found.items():
+            stats.completions = completion_buckets(finished.get(name, ()), current * 60.0)
         return [found[name] for name in sorted(found)]
 
     @_guarded
@@ -443,11 +539,21 @@ class PostgresBackend:
         await self._db().execute(self._sql.enqueue, task_id, workflow, _delay(not_before), _payload(workflow))
         self._wake(workflow)
 
-    @_guarded
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
-        """Lease the oldest due task of `workflow`. With none due, wait for a notification
-        (or, while not listening, poll every `poll_interval`), and never past the next due
-        time or lease deadline the last look reported."""
+        """Lease the oldest due task of `workflow` (`claim_many` with a limit of 1)."""
+        claims = await self.claim_many(workflow, 1, lease=lease, wait=wait)
+        return claims[0] if claims else None
+
+    @_guarded
+    async def claim_many(
+        self, workflow: str, limit: int, *, lease: float, wait: float
+    ) -> builtins.list[Claim]:
+        """Lease up to `limit` of the oldest due tasks of `workflow` in one statement
+        (BatchClaims). With none due, wait for a notification (or, while not listening,
+        poll every `poll_interval`), and never past the next due time or lease deadline the
+        last look reported."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max(0.0, wait)
         listener = await self._listening()
@@ -455,19 +561,25 @@ class PostgresBackend:
         while True:
             # Taken before looking, so a notification that arrives during the look counts.
             event = self._wakeups.setdefault(workflow, asyncio.Event())
+            # One receipt for the batch: every statement that checks a receipt also names
+            # the task, so it still names each lease alone.
             receipt = secrets.token_hex(8)
-            row = await db.fetchrow(self._sql.claim, workflow, receipt, float(lease))
-            if row["id"] is not None:
-                return Claim(
-                    row["id"], workflow, receipt, row["q_deliveries"], row["deadline"],
-                    _readable(row["record"], row["id"]),
-                )
+            rows = await db.fetch(self._sql.claim, workflow, receipt, float(lease), limit)
+            if rows[0]["id"] is not None:
+                return [
+                    Claim(
+                        row["id"], workflow, receipt, row["q_deliveries"], row["deadline"],
+                        _readable(row["record"], row["id"]),
+                    )
+                    for row in rows
+                ]
             remaining = give_up - loop.time()
             if remaining <= 0:
-                return None
+                return []
             nap = remaining
-            if row["next_in"] is not None:
-                nap = min(nap, max(row["next_in"], _LOCKED_PAUSE))
+            next_in = rows[0]["next_in"]
+            if next_in is not None:
+                nap = min(nap, max(next_in, _LOCKED_PAUSE))
             if listener is None or not listener.listening:
                 nap = min(nap, self.settings.poll_interval)
             try:
@@ -503,7 +615,13 @@ class PostgresBackend:
 
     @_guarded
     async def submit(self, task: Task) -> Task:
-        """Create and enqueue (and NOTIFY) in one statement; a duplicate enqueues nothing."""
+        """Create and enqueue (and NOTIFY) in one statement, shared with the other submits
+        issued in the same turn of the event loop; a duplicate enqueues nothing."""
+        stored = task.evolve(version=1)
+        if await self._submits.write(self._insert_args(stored, queued=True)):
+            self._wake(task.workflow)
+            return stored
+        # A duplicate, or a queue entry enqueued before its record: sorted out alone.
         stored = await self._insert(self._db(), task, queued=True)
         if stored.id == task.id:
             self._wake(task.workflow)
@@ -518,17 +636,17 @@ class PostgresBackend:
             self._sql.requeue, *_write_args(stored, expected_version), _delay(task.not_before),
             _payload(task.workflow),
         )
-        _check_write(row, task.id, expected_version)
+        _check_write((bool(row["written"]), row["found"]), task.id, expected_version)
         self._wake(task.workflow)
         return stored
 
     @_guarded
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
-        """The final fenced write and the ack, one statement; a lost lease is not an error."""
+        """The final fenced write and the ack, one statement (shared with the other settles
+        issued in the same turn of the event loop); a lost lease is not an error."""
         stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
-        args = _write_args(stored, expected_version)
-        row = await self._db().fetchrow(self._sql.settle, *args, claim.receipt)
-        _check_write(row, task.id, expected_version)
+        outcome = await self._settles.write((*_write_args(stored, expected_version), claim.receipt))
+        _check_write(outcome, task.id, expected_version)
         return stored
 
     # -- transactional submit --------------------------------------------------------------
@@ -580,10 +698,7 @@ class PostgresBackend:
         """Store `task` with version 1 (queued if `queued`), unless its id or its
         `(workflow, idempotency_key)` exists: then the stored task, unchanged."""
         stored = task.evolve(version=1)
-        args = (
-            stored.id, stored.workflow, _record(stored), stored.status.value, stored.idempotency_key,
-            stored.updated_at, queued, _delay(stored.not_before), _payload(stored.workflow),
-        )
+        args = self._insert_args(stored, queued=queued)
         if await conn.fetchval(self._sql.insert, *args):
             return stored
         # A duplicate, or a queue entry enqueued before its record (split backends). Inside
@@ -602,6 +717,14 @@ class PostgresBackend:
         raise BackendUnavailableError(
             f"PostgreSQL at {self.where}: task {task.id} could neither be inserted nor found "
             "(a concurrent delete kept removing it); try again."
+        )
+
+    @staticmethod
+    def _insert_args(stored: Task, *, queued: bool) -> tuple[Any, ...]:
+        """$1..$9 of the insert statement (and, as arrays, of the grouped one)."""
+        return (
+            stored.id, stored.workflow, _record(stored), stored.status.value, stored.idempotency_key,
+            stored.updated_at, queued, _delay(stored.not_before), _payload(stored.workflow),
         )
 
     async def _existing_or_fill(self, conn: Any, stored: Task, args: tuple[Any, ...]) -> Task | None:
@@ -644,8 +767,24 @@ class _Statements:
             "CASE WHEN $7::boolean THEN $2 END, "
             "CASE WHEN $7::boolean THEN clock_timestamp() + make_interval(secs => $8) END) "
             "ON CONFLICT DO NOTHING RETURNING q_workflow) "
-            f"SELECT true FROM ins, LATERAL (SELECT CASE WHEN ins.q_workflow IS NOT NULL "
+            f"SELECT true AS written FROM ins, LATERAL (SELECT CASE WHEN ins.q_workflow IS NOT NULL "
             f"THEN pg_notify('{ch}', $9) END) AS n"
+        )
+        # The same for many tasks at once (coalesce.py): one row per task, `written` false
+        # for those left out (a duplicate: sorted out one by one), and one NOTIFY per
+        # workflow that got a task, all delivered at the commit.
+        self.insert_many = (
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], "
+            "$6::timestamptz[], $7::boolean[], $8::float8[], $9::text[]) "
+            "AS v(id, workflow, record, status, key, updated_at, queued, delay, payload)), "
+            f"ins AS (INSERT INTO {t} (id, workflow, record, status, version, idempotency_key, "
+            "updated_at, q_workflow, q_due) SELECT id, workflow, record, status, 1, key, updated_at, "
+            "CASE WHEN queued THEN workflow END, "
+            "CASE WHEN queued THEN clock_timestamp() + make_interval(secs => delay) END FROM v "
+            "ON CONFLICT DO NOTHING RETURNING id, q_workflow), "
+            f"woken AS (SELECT count(pg_notify('{ch}', p)) AS n FROM (SELECT DISTINCT v.payload AS p "
+            "FROM v JOIN ins ON ins.id = v.id WHERE ins.q_workflow IS NOT NULL) AS d) "
+            "SELECT v.id, ins.id IS NOT NULL AS written FROM v LEFT JOIN ins ON ins.id = v.id, woken"
         )
         # A row without a record is a queue entry enqueued before (or without) its record.
         self.fill_stub = (
@@ -661,6 +800,22 @@ class _Statements:
             f"(SELECT version FROM {t} WHERE id = $1 AND record IS NOT NULL) AS found"
         )
         self.update = f"WITH upd AS (UPDATE {t} SET {write} {fence} RETURNING 1) {outcome}"
+        # The same writes for many tasks at once (coalesce.py): $1..$6 (and a settle's $7)
+        # are arrays, one element per task, in id order, so overlapping groups lock their
+        # rows in one order. Per task: whether it was written, and else the version found.
+        arrays = "$1::text[], $2::bigint[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[]"
+        names = "id, expected, record, status, version, updated_at"
+        write_v = "record = v.record, status = v.status, version = v.version, updated_at = v.updated_at"
+        fence_v = "FROM v WHERE t.id = v.id AND t.version = v.expected AND t.record IS NOT NULL"
+        outcomes = (
+            "SELECT v.id, upd.id IS NOT NULL AS written, CASE WHEN upd.id IS NULL THEN "
+            f"(SELECT o.version FROM {t} AS o WHERE o.id = v.id AND o.record IS NOT NULL) END AS found "
+            "FROM v LEFT JOIN upd ON upd.id = v.id"
+        )
+        self.update_many = (
+            f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({names})), "
+            f"upd AS (UPDATE {t} AS t SET {write_v} {fence_v} RETURNING t.id) {outcomes}"
+        )
         # The queue half applies only while the claim's receipt ($7) is the current lease.
         mine = "q_receipt = $7"
         self.settle = (
@@ -671,6 +826,17 @@ class _Statements:
             f"q_deliveries = CASE WHEN {mine} THEN 0 ELSE q_deliveries END, "
             f"q_receipt = CASE WHEN {mine} THEN NULL ELSE q_receipt END "
             f"{fence} RETURNING 1) {outcome}"
+        )
+        mine_v = "t.q_receipt = v.receipt"
+        self.settle_many = (
+            f"WITH v AS (SELECT * FROM unnest({arrays}, $7::text[]) AS v({names}, receipt)), "
+            f"upd AS (UPDATE {t} AS t SET {write_v}, "
+            f"q_workflow = CASE WHEN {mine_v} THEN NULL ELSE t.q_workflow END, "
+            f"q_due = CASE WHEN {mine_v} THEN NULL ELSE t.q_due END, "
+            f"q_granted = CASE WHEN {mine_v} THEN NULL ELSE t.q_granted END, "
+            f"q_deliveries = CASE WHEN {mine_v} THEN 0 ELSE t.q_deliveries END, "
+            f"q_receipt = CASE WHEN {mine_v} THEN NULL ELSE t.q_receipt END "
+            f"{fence_v} RETURNING t.id) {outcomes}"
         )
         # Voids whatever lease or delay the row holds: due in $7 seconds; a claim from
         # before no longer matches q_receipt. $8: NOTIFY payload.
@@ -706,21 +872,27 @@ class _Statements:
             "WHERE t.q_workflow IS NULL OR (t.q_receipt IS NULL AND t.q_due > excluded.q_due) "
             f"RETURNING 1) SELECT pg_notify('{ch}', $4) FROM q"
         )
-        # The oldest due row of workflow $1 (index tasks_queue), locked without waiting for
-        # rows other claimers hold, leased to receipt $2 for $3 seconds. With none due, one
-        # row of NULLs and `next_in`: seconds until the workflow's next due time or lease
-        # deadline (negative: a due row another claimer holds this instant).
+        # The $4 oldest due rows of workflow $1 (index tasks_queue), locked without waiting
+        # for rows other claimers hold, leased to receipt $2 for $3 seconds, oldest due
+        # first. With none due, one row of NULLs and `next_in`: seconds until the
+        # workflow's next due time or lease deadline (negative: a due row another claimer
+        # holds this instant). The UPDATE finds its rows by `id = ANY(...)`, not by a join
+        # with `next`: with the limit a parameter, the generic plan PostgreSQL caches for a
+        # prepared statement expects a tenth of the queue from `next`, and for a deep queue
+        # would hash-join it with a scan of the whole table.
         self.claim = (
-            f"WITH next AS (SELECT id FROM {t} WHERE q_workflow = $1 AND q_due <= clock_timestamp() "
-            "ORDER BY q_workflow, q_due LIMIT 1 FOR UPDATE SKIP LOCKED), "
+            f"WITH next AS (SELECT id, q_due FROM {t} WHERE q_workflow = $1 AND q_due <= clock_timestamp() "
+            "ORDER BY q_workflow, q_due LIMIT $4 FOR UPDATE SKIP LOCKED), "
             f"claimed AS (UPDATE {t} AS t SET q_receipt = $2, q_granted = clock_timestamp(), "
             "q_due = clock_timestamp() + make_interval(secs => $3), q_deliveries = t.q_deliveries + 1 "
-            "FROM next WHERE t.id = next.id "
+            "WHERE t.id = ANY(ARRAY(SELECT id FROM next)) "
             "RETURNING t.id, t.q_deliveries, t.record, extract(epoch FROM t.q_due)::float8 AS deadline) "
-            "SELECT id, q_deliveries, record, deadline, NULL::float8 AS next_in FROM claimed "
+            "SELECT claimed.id, q_deliveries, record, deadline, NULL::float8 AS next_in, "
+            "next.q_due AS was_due FROM claimed JOIN next ON next.id = claimed.id "
             "UNION ALL SELECT NULL, NULL, NULL, NULL, "
             f"extract(epoch FROM (SELECT min(q_due) FROM {t} WHERE q_workflow = $1) "
-            "- clock_timestamp())::float8 WHERE NOT EXISTS (SELECT 1 FROM claimed)"
+            "- clock_timestamp())::float8, NULL WHERE NOT EXISTS (SELECT 1 FROM claimed) "
+            "ORDER BY was_due"
         )
         live = "id = $1 AND q_receipt = $2 AND q_due > clock_timestamp()"
         self.extend = (
@@ -763,11 +935,32 @@ def _write_args(stored: Task, expected_version: int) -> tuple[Any, ...]:
     )
 
 
-def _check_write(row: Any, task_id: str, expected_version: int) -> None:
-    if row["written"]:
-        return
+def _inserted(row: Any) -> bool:
+    """A submit's outcome: whether its task was inserted (and queued)."""
+    return row is not None and bool(row["written"])
+
+
+def _fenced(row: Any) -> tuple[bool, int | None]:
+    """A fenced write's outcome: whether it was written, else the version found (None: no
+    record)."""
     found = row["found"]
+    return bool(row["written"]), None if found is None else int(found)
+
+
+def _check_write(outcome: tuple[bool, int | None], task_id: str, expected_version: int) -> None:
+    written, found = outcome
+    if written:
+        return
     raise ConflictError(task_id, expected_version, None if found is None else int(found))
+
+
+async def _keep_session(conn: Any) -> None:
+    """What the pool does to a connection given back to it: nothing but asyncpg's own
+    clean-up (an open transaction rolled back, listeners dropped). asyncpg's default also
+    sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a second
+    round trip for every statement. This backend's pooled connections hold no session
+    state to reset: no session advisory lock (migrations take transaction-level ones), no
+    cursor, no LISTEN (the listener has a connection of its own), no SET."""
 
 
 def _delay(not_before: datetime | None) -> float:

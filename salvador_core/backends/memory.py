@@ -12,7 +12,7 @@ import builtins
 import heapq
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,7 @@ from salvador_core.task import (
     Task,
     TaskStatus,
     WorkflowStats,
+    completion_buckets,
     decode_task,
     encode_task,
     next_version,
@@ -188,10 +189,12 @@ class MemoryBackend:
         return len(doomed)
 
     async def stats(self) -> builtins.list[WorkflowStats]:
-        """Counts by workflow and status, and the queue's depth (TaskCounts), in one pass."""
+        """Counts by workflow and status, the queue's depth, and completions per minute
+        (the completed tasks' `updated_at`) (TaskCounts), in one pass."""
         self._check_open()
         now = utcnow()
         found: dict[str, WorkflowStats] = {}
+        finished: dict[str, Counter[int]] = {}
         for task_id, raw in self._records.items():
             try:
                 task = decode_task(raw, task_id)
@@ -199,6 +202,9 @@ class MemoryBackend:
                 continue
             stats = found.setdefault(task.workflow, WorkflowStats(task.workflow))
             stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
+            minutes = finished.setdefault(task.workflow, Counter())
+            if task.status is TaskStatus.COMPLETED:
+                minutes[int(task.updated_at.timestamp() // 60)] += 1
             if task.status in DEAD_LETTER_STATUSES:
                 stats.dead_letters += 1
             if task.status is TaskStatus.PENDING and task_id not in self._leases:
@@ -208,6 +214,8 @@ class MemoryBackend:
                     stats.queued += 1
                     waited = (now - (task.not_before or task.created_at)).total_seconds()
                     stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
+        for name, stats in found.items():
+            stats.completions = completion_buckets(finished[name].items(), now.timestamp())
         return [found[name] for name in sorted(found)]
 
     async def quarantine(self, task: Task) -> Task:
@@ -232,22 +240,34 @@ class MemoryBackend:
         self._schedule(workflow, task_id, delay)
 
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
+        claims = await self.claim_many(workflow, 1, lease=lease, wait=wait)
+        return claims[0] if claims else None
+
+    async def claim_many(
+        self, workflow: str, limit: int, *, lease: float, wait: float
+    ) -> builtins.list[Claim]:
+        """Up to `limit` leases on due tasks of `workflow`, oldest first (BatchClaims)."""
         self._check_open()
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         give_up = time.monotonic() + max(0.0, wait)
         while True:
             now = time.monotonic()
             self._reap(workflow, now)
             ready = self._ready.get(workflow)
             if ready:
-                task_id = ready.popleft()
-                receipt = secrets.token_hex(8)
-                self._leases[task_id] = _Lease(workflow, receipt, now + lease)
-                self._deliveries[task_id] = self._deliveries.get(task_id, 0) + 1
-                return Claim(
-                    task_id, workflow, receipt, self._deliveries[task_id], time.time() + lease
-                )
+                claims: builtins.list[Claim] = []
+                while ready and len(claims) < limit:
+                    task_id = ready.popleft()
+                    receipt = secrets.token_hex(8)
+                    self._leases[task_id] = _Lease(workflow, receipt, now + lease)
+                    self._deliveries[task_id] = self._deliveries.get(task_id, 0) + 1
+                    claims.append(
+                        Claim(task_id, workflow, receipt, self._deliveries[task_id], time.time() + lease)
+                    )
+                return claims
             if now >= give_up:
-                return None
+                return []
             event = self._wakeups.setdefault(workflow, asyncio.Event())
             nap = min(give_up, self._next_due(workflow, give_up)) - now
             try:

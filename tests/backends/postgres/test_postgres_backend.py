@@ -12,13 +12,22 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
-from salvador_core import BackendUnavailableError, ConfigurationError, Engine, TaskStatus, Workflow
+from salvador_core import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    Engine,
+    LeaseLostError,
+    TaskStatus,
+    Workflow,
+)
 from salvador_core.config import connect
-from salvador_core.task import Task, new_task_id, utcnow
+from salvador_core.task import Claim, Task, new_task_id, utcnow
 from salvador_postgres import SCHEMA_VERSION, PostgresBackend
 from salvador_postgres import schema as migrations
 from tests.helpers.postgres_servers import free_port, with_options
@@ -348,3 +357,241 @@ async def test_purge_deletes_in_batches_only_what_is_finished_and_old(pg_url: st
         assert await backend.get(old[0].id) is None
         with pytest.raises(ValueError, match="not terminal"):
             await backend.purge(older_than=utcnow(), statuses=[TaskStatus.PENDING])
+
+
+# -- round trips: batch claims and grouped writes ----------------------------------------------
+
+
+class Sent:
+    """The statements a backend sends from now on, counted through its pool (each is one
+    round trip and, outside a transaction, one commit)."""
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.statements: list[str] = []
+        db = backend._db()
+        for name in ("fetch", "fetchrow", "fetchval", "execute"):
+            setattr(db, name, self._counted(getattr(db, name)))
+
+    def _counted(self, send: Callable[..., Any]) -> Callable[..., Any]:
+        async def counted(sql: str, *args: Any) -> Any:
+            self.statements.append(sql)
+            return await send(sql, *args)
+
+        return counted
+
+
+async def claimed(backend: PostgresBackend, n: int) -> list[tuple[Task, Claim]]:
+    tasks = [await backend.submit(task()) for _ in range(n)]
+    claims = await backend.claim_many("wf", n, lease=30, wait=1)
+    assert [c.task_id for c in claims] == [t.id for t in tasks]
+    return list(zip(tasks, claims, strict=True))
+
+
+async def test_claim_many_leases_a_batch_in_one_statement(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        tasks = [await backend.submit(task()) for _ in range(30)]
+        sent = Sent(backend)
+        claims = await backend.claim_many("wf", 25, lease=30, wait=1)
+        assert len(sent.statements) == 1
+        assert [c.task_id for c in claims] == [t.id for t in tasks[:25]]
+        assert all(c.task is not None and c.task.version == 1 for c in claims), "records come with the claims"
+
+
+async def test_checkpoints_issued_together_share_one_statement_and_each_hears_its_own_outcome(
+    pg_url: str,
+) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        held = await claimed(backend, 5)
+        stale = held[2][0]
+        await backend.update(stale.evolve(step=1), 1)  # another writer got there first
+        sent = Sent(backend)
+        outcomes = await asyncio.gather(
+            *(backend.update(t.evolve(status=TaskStatus.RUNNING, attempt=1), 1) for t, _ in held),
+            return_exceptions=True,
+        )
+        assert len(sent.statements) == 1, "5 checkpoints issued in one turn were not grouped"
+        conflict = outcomes[2]
+        assert isinstance(conflict, ConflictError), outcomes
+        assert (conflict.expected_version, conflict.actual_version) == (1, 2)
+        for (t, _), outcome in zip(held, outcomes, strict=True):
+            if t.id == stale.id:
+                continue
+            assert isinstance(outcome, Task), outcome
+            assert outcome.version == 2
+            stored = await backend.get(t.id)
+            assert stored is not None
+            assert (stored.status, stored.version) == (TaskStatus.RUNNING, 2)
+        kept = await backend.get(stale.id)
+        assert kept is not None
+        assert (kept.status, kept.step) == (TaskStatus.PENDING, 1), "a failed fence wrote"
+
+
+async def test_settles_issued_together_are_each_fenced_by_version_and_lease(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        (done, done_claim), (stale, stale_claim), (lost, lost_claim) = await claimed(backend, 3)
+        await backend.update(stale.evolve(step=1), 1)
+        expire = f"UPDATE {backend._sql.table} SET q_due = clock_timestamp() - interval '1 ms' WHERE id = $1"
+        await backend._db().execute(expire, lost.id)
+        new_claim = await backend.claim("wf", lease=30, wait=1)
+        assert new_claim is not None
+        assert new_claim.task_id == lost.id
+        sent = Sent(backend)
+        outcomes = await asyncio.gather(
+            backend.settle(done.evolve(status=TaskStatus.COMPLETED), 1, done_claim),
+            backend.settle(stale.evolve(status=TaskStatus.COMPLETED), 1, stale_claim),
+            backend.settle(lost.evolve(status=TaskStatus.COMPLETED), 1, lost_claim),
+            return_exceptions=True,
+        )
+        assert len(sent.statements) == 1, "3 settles issued in one turn were not grouped"
+        assert [type(o) for o in outcomes] == [Task, ConflictError, Task], outcomes
+        await backend.extend(stale_claim, lease=30)  # a failed fence acked nothing
+        await backend.ack(new_claim)  # the lost lease's settle wrote but left the new lease
+        with pytest.raises(LeaseLostError):
+            await backend.ack(done_claim)  # settled and acked together
+        completed, pending = TaskStatus.COMPLETED, TaskStatus.PENDING
+        for task_id, status in ((done.id, completed), (lost.id, completed), (stale.id, pending)):
+            stored = await backend.get(task_id)
+            assert stored is not None
+            assert stored.status is status
+
+
+async def test_two_writes_of_one_task_in_one_turn_never_share_a_statement(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        ((t, _),) = await claimed(backend, 1)
+        sent = Sent(backend)
+        outcomes = await asyncio.gather(
+            backend.update(t.evolve(step=1), 1), backend.update(t.evolve(step=2), 1), return_exceptions=True
+        )
+        assert len(sent.statements) == 2
+        # Both statements are in flight at once; the one that waits for the other's row lock
+        # fails its fence (the version it reports may be the one it started from).
+        assert sorted(type(o).__name__ for o in outcomes) == ["ConflictError", "Task"], outcomes
+        stored = await backend.get(t.id)
+        assert stored is not None
+        assert stored.version == 2
+
+
+async def test_a_grouped_statement_that_fails_fails_every_caller_with_the_mapped_error(
+    pg_url: str, pg_schema: str
+) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        held = await claimed(backend, 3)
+        conn = await server_conn(pg_url)
+        try:
+            await conn.execute(f'DROP TABLE "{pg_schema}".tasks')
+        finally:
+            await conn.close()
+        outcomes = await asyncio.gather(
+            *(backend.update(t.evolve(step=1), 1) for t, _ in held), return_exceptions=True
+        )
+        assert all(isinstance(o, ConfigurationError) and "migrations" in str(o) for o in outcomes), outcomes
+
+
+async def test_pooled_connections_are_not_reset_after_every_statement(pg_url: str) -> None:
+    name = f"salvador-noreset-{new_task_id()[:8]}"
+    async with PostgresBackend.from_url(with_options(pg_url, application_name=name)) as backend:
+        await asyncio.gather(*(backend.get(new_task_id()) for _ in range(4)))
+        conn = await server_conn(pg_url)
+        try:
+            last = [r["query"] for r in await conn.fetch(
+                "SELECT query FROM pg_stat_activity WHERE application_name = $1", name
+            )]
+        finally:
+            await conn.close()
+    assert last, "no connection of the backend found in pg_stat_activity"
+    assert not [q for q in last if "RESET ALL" in q], (
+        f"a pooled connection's last statement was asyncpg's reset query ({last}): a second "
+        "round trip for every statement"
+    )
+
+
+async def test_more_concurrent_statements_than_connections_all_complete(pg_url: str) -> None:
+    async with PostgresBackend.from_url(with_options(pg_url, pool_size="2")) as backend:
+        ids = [(await backend.submit(task())).id for _ in range(3)]
+        found = await asyncio.wait_for(asyncio.gather(*(backend.get(ids[i % 3]) for i in range(40))), 10)
+        assert all(t is not None for t in found)
+        # Both connections are now kept between statements: a migration still gets one.
+        assert await asyncio.wait_for(backend.migrate(), 10) == []
+        assert await backend.get(ids[0]) is not None
+
+
+async def test_submits_issued_together_share_one_statement_and_duplicates_are_resolved_alone(
+    pg_url: str,
+) -> None:
+    async with PostgresBackend.from_url(pg_url) as backend:
+        old = await backend.submit(task(idempotency_key="old"))
+        sent = Sent(backend)
+        fresh = [task(), task(), task(idempotency_key="same"), task(idempotency_key="same")]
+        stored = await asyncio.gather(*(backend.submit(t) for t in [*fresh, task(idempotency_key="old")]))
+        assert sent.statements[0] == backend._sql.insert_many
+        assert sent.statements.count(backend._sql.insert_many) == 1, "5 submits in one turn were not grouped"
+        assert stored[4].id == old.id, "a duplicate of an earlier task did not get the earlier task"
+        winner = min(fresh[2].id, fresh[3].id)  # a group is sent in id order
+        assert stored[2].id == stored[3].id == winner, "two submits of one key did not get one task"
+        claims = await backend.claim_many("wf", 10, lease=30, wait=1)
+        assert sorted(c.task_id for c in claims) == sorted([old.id, fresh[0].id, fresh[1].id, winner])
+
+
+async def test_a_grouped_submit_wakes_waiting_claimers_of_every_workflow_in_it(pg_url: str) -> None:
+    async with PostgresBackend.from_url(pg_url) as waiter, PostgresBackend.from_url(pg_url) as producer:
+        waits = [asyncio.create_task(waiter.claim(name, lease=5, wait=8)) for name in ("a", "b")]
+        await asyncio.sleep(0.3)  # both wait on LISTEN
+        started = time.monotonic()
+        submitted = await asyncio.gather(
+            producer.submit(task("a")), producer.submit(task("b")), producer.submit(task("b"))
+        )
+        claims = await asyncio.wait_for(asyncio.gather(*waits), 6)
+        assert time.monotonic() - started < 2, "a grouped submit woke no one: its NOTIFYs went missing"
+        first_b = min(submitted[1].id, submitted[2].id)
+        assert [c.task_id if c else None for c in claims] == [submitted[0].id, first_b]
+
+
+async def test_kept_connections_terminated_by_the_server_are_replaced(pg_url: str) -> None:
+    name = f"salvador-kept-{new_task_id()[:8]}"
+    async with PostgresBackend.from_url(with_options(pg_url, application_name=name)) as backend:
+        stored = await backend.submit(task())
+        await asyncio.gather(*(backend.get(stored.id) for _ in range(4)))  # several kept
+        conn = await server_conn(pg_url)
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                name,
+            )
+        finally:
+            await conn.close()
+        assert killed >= 1
+        await asyncio.sleep(0.2)  # asyncpg notices the closed sockets
+        found = await asyncio.gather(*(backend.get(stored.id) for _ in range(4)))
+        assert [t.id if t else None for t in found] == [stored.id] * 4
+
+
+async def test_cached_plans_of_batch_statements_never_scan_the_whole_table(
+    pg_url: str, pg_schema: str
+) -> None:
+    """A prepared statement may run on PostgreSQL's generic plan, made without the
+    parameters' values: it must find rows by index however deep the queue is (with the
+    claim's limit a parameter, a join would be planned for a tenth of the queue)."""
+    async with PostgresBackend.from_url(pg_url) as backend:
+        conn = await server_conn(pg_url)
+        try:
+            await conn.execute(
+                f'INSERT INTO "{pg_schema}".tasks (id, workflow, record, status, version, updated_at, '
+                "q_workflow, q_due) SELECT lpad(to_hex(g), 32, '0'), 'deep', '\\x7b7d', 'pending', 1, "
+                "now(), 'deep', now() FROM generate_series(1, 50000) AS g"
+            )
+            await conn.execute(f'ANALYZE "{pg_schema}".tasks')
+            # This session's planner only: generic plans, and an index lookup priced as on a
+            # cold disk, so the plans of a queue of millions of records show at this depth.
+            await conn.execute("SET plan_cache_mode = force_generic_plan; SET random_page_cost = 100")
+            write = (["a", "b"], [1, 1], [b"{}"] * 2, ["x"] * 2, [2, 2], [utcnow()] * 2)
+            plans = {
+                "claim": (backend._sql.claim, ("deep", "r", 30.0, 100)),
+                "update_many": (backend._sql.update_many, write),
+                "settle_many": (backend._sql.settle_many, (*write, ["r"] * 2)),
+            }
+            for name, (sql, args) in plans.items():
+                explained = await (await conn.prepare(f"EXPLAIN (COSTS OFF) {sql}")).fetch(*args)
+                plan = "\n".join(row[0] for row in explained)
+                assert "Seq Scan on tasks" not in plan, f"the generic plan of {name} scans the table:\n{plan}"
+        finally:
+            await conn.close()
