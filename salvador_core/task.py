@@ -233,12 +233,19 @@ class Page:
     cursor: str | None
 
 
+#: How many minutes `WorkflowStats.completions` covers: the last hour.
+COMPLETION_MINUTES = 60
+
+
 @dataclass
 class WorkflowStats:
     """One workflow's numbers. `counts`: tasks by status. `queued`: pending and due now (the
     queue depth); `delayed`: pending with a later due time (retry back-off, --delay).
     `oldest_wait_seconds`: how long the longest-waiting due task has been waiting.
-    `dead_letters`: failed and compensated tasks."""
+    `dead_letters`: failed and compensated tasks. `completions`: tasks that reached
+    `completed` in each of the last 60 clock minutes (UTC, whole minutes), oldest first,
+    the current, partial minute last: always `COMPLETION_MINUTES` entries once filled (see
+    `completion_buckets`), empty only from a backend that does not count them."""
 
     workflow: str
     counts: dict[str, int] = field(default_factory=dict)
@@ -246,6 +253,21 @@ class WorkflowStats:
     delayed: int = 0
     oldest_wait_seconds: float | None = None
     dead_letters: int = 0
+    completions: tuple[int, ...] = ()
+
+
+def completion_buckets(per_minute: Iterable[tuple[int, int]], now: float) -> tuple[int, ...]:
+    """`WorkflowStats.completions` from `(epoch minute, completions)` pairs: the last
+    `COMPLETION_MINUTES` minutes up to the one holding `now` (epoch seconds). Pairs of
+    earlier minutes are left out; a minute after `now` (a writer whose clock runs ahead of
+    the reader's) counts in the current one, so no completion is lost to clock skew."""
+    current = int(now // 60)
+    buckets = [0] * COMPLETION_MINUTES
+    for minute, count in per_minute:
+        index = COMPLETION_MINUTES - 1 - (current - min(int(minute), current))
+        if index >= 0:
+            buckets[index] += int(count)
+    return tuple(buckets)
 
 
 def _record_head(task: Task) -> bytes:

@@ -48,11 +48,13 @@ from salvador_core.errors import (
     PayloadTooLargeError,
 )
 from salvador_core.task import (
+    DEAD_LETTER_STATUSES,
     Claim,
     Page,
     RecordVersionError,
     Task,
     TaskStatus,
+    WorkflowStats,
     decode_task,
     encode_task,
     next_version,
@@ -83,8 +85,13 @@ _OPTIONS = frozenset({
     "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
 })
 _TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
+#: Every status, in the order of STATUSES in common.lua (the stats script's reply).
 _ALL_STATUSES = tuple(TaskStatus)
 _TERMINAL = tuple(s for s in TaskStatus if s.terminal)
+#: How many ready ids, from the claiming end, `stats` looks through for a pending one (the
+#: queue's head, whose wait it reports); tasks cancelled or finished while still queued
+#: wait there until a claim skips them.
+_HEAD_LOOKUP = 1000
 
 #: Errors that mean "the server cannot be reached or cannot serve us right now".
 _UNAVAILABLE = (
@@ -401,6 +408,17 @@ class RedisBackend:
         return total
 
     @_guarded
+    async def stats(self) -> builtins.list[WorkflowStats]:
+        """Per workflow: counts by status (the status indexes' sizes), the queue's depth and
+        delay (the pending index against `leases` and `delayed`), the wait of the queue's
+        head, and completions per minute (counters the scripts keep) (TaskCounts). Two
+        scripts per workflow (first the retention sweep, so expired records are not
+        counted), every workflow at once; no record is read but the head's."""
+        names = await self._workflow_names()
+        found = await asyncio.gather(*(self._workflow_stats(name) for name in names))
+        return [stats for stats in found if stats is not None]
+
+    @_guarded
     async def quarantine(self, task: Task) -> Task:
         """Overwrite an unreadable record without a version check."""
         stored = next_version(task, task.version)
@@ -694,6 +712,33 @@ class RedisBackend:
         if entries:
             src.after = entries[-1][0]
 
+    async def _workflow_stats(self, workflow: str) -> WorkflowStats | None:
+        """`workflow`'s figures from the stats script; None when it has no task stored."""
+        await self._sweep(workflow)
+        reply = await self._run("stats", workflow, _HEAD_LOOKUP)
+        now = int(reply[0]) / 1000
+        counts = {
+            status.value: int(n) for status, n in zip(_ALL_STATUSES, reply[1:8], strict=True) if int(n)
+        }
+        if not counts:
+            return None
+        leased, later, oldest_due, head = int(reply[8]), int(reply[9]), int(reply[10]), reply[11]
+        stats = WorkflowStats(
+            workflow,
+            counts=counts,
+            queued=max(0, counts.get(TaskStatus.PENDING.value, 0) - leased - later),
+            delayed=later,
+            dead_letters=sum(counts.get(status.value, 0) for status in DEAD_LETTER_STATUSES),
+            completions=tuple(int(n) for n in reply[12:]),
+        )
+        waits = [now - oldest_due / 1000] if oldest_due >= 0 else []
+        task = _decoded_or_none(head, "?") if head else None
+        if task is not None:
+            waits.append(now - (task.not_before or task.created_at).timestamp())
+        if stats.queued and waits:
+            stats.oldest_wait_seconds = max(0.0, *waits)
+        return stats
+
     def _unavailable(self, exc: BaseException) -> BackendUnavailableError:
         detail = str(exc) or type(exc).__name__
         return BackendUnavailableError(
@@ -721,7 +766,7 @@ def _load_sources() -> dict[str, str]:
     common = (folder / "common.lua").read_text()
     names = [
         "submit", "submit_indexed", "enqueue", "claim", "adopt", "extend", "ack", "release",
-        "update", "settle", "requeue", "quarantine", "delete", "list", "purge", "sweep",
+        "update", "settle", "requeue", "quarantine", "delete", "list", "purge", "sweep", "stats",
     ]
     return {name: common + "\n" + (folder / f"{name}.lua").read_text() for name in names}
 

@@ -12,11 +12,17 @@
 --   leases   id -> lease deadline, server ms (sorted set)
 --   receipts id -> receipt of the current lease (hash)
 --   expiring id -> when the terminal record's TTL runs out, server ms (sorted set)
+--   c:<minute>  tasks that reached `completed` in that minute (server ms // 60000; a
+--            counter that expires COMPLETION_TTL_MS after the minute's first completion)
 
 local STATUSES = {'pending', 'running', 'compensating', 'completed', 'failed', 'cancelled', 'compensated'}
 local TERMINAL = {completed = true, failed = true, cancelled = true, compensated = true}
 -- How many due delayed tasks, expired leases and orphans one claim moves at most.
 local REAP_LIMIT = 100
+-- Completions are counted per minute for the last COMPLETION_MINUTES minutes (stats); a
+-- minute's counter outlives that window, then expires.
+local COMPLETION_MINUTES = 60
+local COMPLETION_TTL_MS = 2 * 3600 * 1000
 
 -- The server clock in ms: leases and due times never depend on a worker's clock.
 local function now_ms()
@@ -160,7 +166,8 @@ local function next_due(base, now, grace_ms)
   return best
 end
 
--- Write a record and keep the status index and the retention TTL in step with it.
+-- Write a record and keep the status index, the completion counters and the retention
+-- TTL in step with it. A record created as completed (no status before) is no completion.
 local function store(base, id, data, status, version, updated, now, retention_ms)
   local rec = base .. 't:' .. id
   local old = redis.call('HGET', rec, 'status')
@@ -170,6 +177,12 @@ local function store(base, id, data, status, version, updated, now, retention_ms
       redis.call('ZREM', base .. 's:' .. old, id)
     end
     redis.call('ZADD', base .. 's:' .. status, 0, id)
+    if old and status == 'completed' then
+      local counter = base .. 'c:' .. math.floor(now / 60000)
+      if redis.call('INCR', counter) == 1 then
+        redis.call('PEXPIRE', counter, COMPLETION_TTL_MS)
+      end
+    end
   end
   if TERMINAL[status] then
     if retention_ms > 0 then

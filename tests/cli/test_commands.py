@@ -63,6 +63,7 @@ def test_submit_reads_the_body_from_a_file_or_stdin_and_delays(backend_url: str,
     assert stats == [{
         "workflow": "cli-ok", "counts": {"pending": 3}, "queued": 2, "delayed": 1,
         "oldest_wait_seconds": stats[0]["oldest_wait_seconds"], "dead_letters": 0,
+        "completions": [0] * 60,
     }]
     assert 0 <= stats[0]["oldest_wait_seconds"] < 60
 

@@ -228,6 +228,126 @@ async def test_expired_finished_tasks_leave_no_trace(redis_url: str, redis_prefi
         assert again.id != done.id, "the expired task's idempotency key outlived it"
 
 
+# -- counts (TaskCounts) -------------------------------------------------------------------
+
+
+def _commands(server: RedisServer) -> dict[str, int]:
+    """Calls per command so far (`INFO commandstats`), scripts' inner calls included."""
+    found = {}
+    for line in server.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, fields = line.removeprefix("cmdstat_").split(":", 1)
+            found[name] = int(dict(kv.split("=") for kv in fields.split(","))["calls"])
+    return found
+
+
+async def test_stats_costs_the_same_with_ten_tasks_stored_as_with_two_thousand(
+    redis_server_factory: ServerFactory,
+) -> None:
+    """Counting reads the status indexes' sizes and the queue structures, never the records:
+    what stats() asks the server does not grow with the store (only the queue's head is read)."""
+    server = redis_server_factory()
+    costs = []
+    for stored in (10, 2000):
+        async with RedisBackend.from_url(server.url(unique("size:"))) as backend:
+            created = [task(status=TaskStatus.COMPLETED) for _ in range(stored)]
+            await asyncio.gather(*(backend.create(t) for t in created))
+            await backend.submit(task())
+            await backend.stats()  # scripts loaded, names known
+            before = _commands(server)
+            found = await backend.stats()
+            after = _commands(server)
+        assert found[0].counts == {"completed": stored, "pending": 1}
+        # INFO: our own look at the figures.
+        costs.append({name: n - before.get(name, 0) for name, n in after.items()
+                      if n != before.get(name, 0) and name != "info"})
+    assert costs[0] == costs[1], f"stats() sent more with 2,000 tasks stored than with 10: {costs}"
+    assert costs[1].get("hget") == 1, f"stats() read {costs[1].get('hget')} records, not only the head"
+
+
+async def test_counts_leave_out_finished_tasks_whose_retention_ran_out(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with RedisBackend.from_url(redis_url, prefix=redis_prefix, retention=0.2) as backend:
+        done = await backend.submit(task())
+        await backend.submit(task())
+        claim = await backend.claim("wf", lease=10, wait=0)
+        assert claim is not None
+        assert claim.task_id == done.id
+        await backend.settle(done.evolve(status=TaskStatus.COMPLETED), 1, claim)
+        await asyncio.sleep(1.5)  # the TTL, plus the second the sweep leaves Redis to expire it
+        [stats] = await backend.stats()
+    assert stats.counts == {"pending": 1}, "an expired record is still counted"
+    assert sum(stats.completions) == 1, "a completion is an event: it stays counted for the hour"
+
+
+async def test_a_settle_sent_again_after_a_lost_reply_counts_one_completion(backend: RedisBackend) -> None:
+    stored = await backend.submit(task())
+    claim = await backend.claim("wf", lease=10, wait=0)
+    assert claim is not None
+    done, data = backend._encode_write(stored.evolve(status=TaskStatus.COMPLETED), 1)
+    args = (stored.id, 1, data, "completed", repr(done.updated_at.timestamp()), 0, claim.receipt)
+    assert await backend._run("settle", "wf", *args) == [1]
+    assert await backend._run("settle", "wf", *args) == [1]  # the replay: already written
+    [stats] = await backend.stats()
+    assert sum(stats.completions[-2:]) == 1, stats.completions
+    counters = [key async for key in _keys(backend, "c:*")]
+    assert len(counters) == 1, counters
+    ttl_ms = await backend._exec("PTTL", counters[0])
+    assert 3_600_000 < ttl_ms <= 7_200_000, f"a minute's counter must outlive the hour it shows: {ttl_ms}"
+
+
+async def _keys(backend: RedisBackend, pattern: str) -> AsyncIterator[bytes]:
+    cursor = b"0"
+    while True:
+        match = backend._base("wf") + pattern
+        cursor, keys = await backend._exec("SCAN", cursor, "MATCH", match, "COUNT", 1000)
+        for key in keys:
+            yield key
+        if int(cursor) == 0:
+            return
+
+
+async def test_counts_need_no_counters_from_earlier_versions(backend: RedisBackend) -> None:
+    """A store written before completions were counted (no `c:<minute>` keys) is counted
+    exactly all the same: by status and queue from the indexes every version keeps."""
+    stored = await backend.submit(task())
+    await backend.submit(task())
+    claim = await backend.claim("wf", lease=10, wait=0)
+    assert claim is not None
+    await backend.settle(stored.evolve(status=TaskStatus.COMPLETED), 1, claim)
+    counters = [key async for key in _keys(backend, "c:*")]
+    await backend._exec("DEL", *counters)
+    [stats] = await backend.stats()
+    assert (stats.counts, stats.queued, stats.delayed) == ({"completed": 1, "pending": 1}, 1, 0)
+    assert stats.completions == (0,) * 60
+
+
+async def test_oldest_wait_is_the_head_of_the_queue_past_cancelled_entries(backend: RedisBackend) -> None:
+    """The head is looked for in growing steps (10 ids, then 90, ...) past the entries of
+    tasks cancelled while queued, which wait at the claiming end until a claim skips them."""
+    now = utcnow()
+    older = [await backend.submit(task(created_at=now - timedelta(seconds=100))) for _ in range(15)]
+    await backend.submit(task(created_at=now - timedelta(seconds=50)))
+    for cancelled in older:
+        await backend.update(cancelled.evolve(status=TaskStatus.CANCELLED), 1)
+    [stats] = await backend.stats()
+    assert stats.queued == 1
+    assert stats.oldest_wait_seconds is not None
+    assert 49 < stats.oldest_wait_seconds < 60, stats
+
+
+async def test_a_delay_that_ran_out_waits_from_its_due_time_before_any_claim(backend: RedisBackend) -> None:
+    await backend.submit(task(not_before=utcnow() + timedelta(seconds=0.2)))
+    [stats] = await backend.stats()
+    assert (stats.queued, stats.delayed, stats.oldest_wait_seconds) == (0, 1, None), stats
+    await asyncio.sleep(0.5)  # due now, still in `delayed`: no claim has promoted it
+    [stats] = await backend.stats()
+    assert (stats.queued, stats.delayed) == (1, 0), stats
+    assert stats.oldest_wait_seconds is not None
+    assert 0.2 < stats.oldest_wait_seconds < 5, stats
+
+
 # -- URLs, credentials, tenants -----------------------------------------------------------
 
 

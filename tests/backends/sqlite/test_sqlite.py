@@ -240,7 +240,9 @@ async def test_each_transition_of_a_task_is_one_statement(backend: SQLiteBackend
     async def count(coro: Any) -> Any:
         statements.clear()
         result = await coro
-        assert len(statements) == 1, statements
+        # The triggers that keep task_counts run inside the statement; Python traces each
+        # trigger program it runs again, with the statement's own text.
+        assert len(set(statements)) == 1, statements
         return result
 
     stored = await count(backend.submit(task()))
