@@ -22,16 +22,24 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, NoReturn, TypeVar
 
 import click
 
-from salvador_core.config import connect, redact_url
+from salvador_core.admin import (
+    admin_engine,
+    backend_location,
+    load_workflows,
+    parse_duration,
+    step_rows,
+    workflows_of,
+)
+from salvador_core.admin import stats as _stats  # `stats` is the command's name here
+from salvador_core.config import connect
 from salvador_core.durability import Finding, blocking, findings, halves
 from salvador_core.engine import Engine
 from salvador_core.errors import (
@@ -47,14 +55,12 @@ from salvador_core.protocols import TaskCounts
 from salvador_core.settings import load_object
 from salvador_core.split import SplitBackend
 from salvador_core.task import (
-    DEAD_LETTER_STATUSES,
     TERMINAL_STATUSES,
     Page,
     Task,
     TaskError,
     TaskStatus,
     WorkflowStats,
-    dump_json,
     utcnow,
 )
 from salvador_core.workflow import StepContext, Workflow
@@ -70,12 +76,7 @@ EXIT_NOT_FOUND = 4  # no such task
 EXIT_INTERNAL = 5  # a bug: please report it (SALVADOR_DEBUG=1 shows the traceback)
 EXIT_INTERRUPTED = 130  # Ctrl-C outside a worker
 
-#: Tasks read per page when a command walks a whole listing (stats).
-PAGE_SIZE = 500
-
 _T = TypeVar("_T")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _STATUSES = [s.value for s in TaskStatus]
 
 
@@ -176,15 +177,13 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             seconds = float(value)
-        else:
-            match = _DURATION.match(str(value))
-            if match is None:
-                self.fail(f"{value!r} is not a duration; write seconds (90) or 30s, 30m, 12h, 7d, 2w",
-                          param, ctx)
-            seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        if not math.isfinite(seconds):
-            self.fail(f"{value!r} is not a finite duration", param, ctx)
-        return seconds
+            if not math.isfinite(seconds):
+                self.fail(f"{value!r} is not a finite duration", param, ctx)
+            return seconds
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 DURATION = _Duration()
@@ -210,35 +209,19 @@ def _quiet_logs(level: int = logging.ERROR) -> Iterator[None]:
         logger.setLevel(before)
 
 
-def _workflows_of(target: Any, spec: str) -> list[Workflow]:
-    """The workflows an `--app` or `worker` target names."""
-    if isinstance(target, Engine):
-        return list(target.workflows.values())
-    if isinstance(target, Workflow):
-        return [target]
-    if isinstance(target, (list, tuple)) and target and all(isinstance(w, Workflow) for w in target):
-        return list(target)
-    raise ConfigurationError(
-        f"{spec} is a {type(target).__name__}; name an Engine, a Workflow or a list of workflows "
-        "(for example myapp.tasks:engine)"
-    )
-
-
 def _admin_engine(url: str | None, app: str | None) -> Engine:
-    """An engine for producing and inspecting only (it never runs steps), quiet (no
-    observers), with the workflows of `app` if given."""
-    workflows = _workflows_of(load_object(app), app) if app else []
-    return _engine_for(url, workflows)
+    """`admin_engine` with the workflows of `app` if given."""
+    return _engine_for(url, load_workflows(app))
 
 
 def _engine_for(url: str | None, workflows: list[Workflow]) -> Engine:
-    """`Engine.from_url`, after saying in CLI terms when no backend was named at all."""
+    """`admin_engine`, after saying in CLI terms when no backend was named at all."""
     if url is None and not os.environ.get("SALVADOR_URL") and not (
         os.environ.get("SALVADOR_STORE_URL") and os.environ.get("SALVADOR_QUEUE_URL")
     ):
         raise click.UsageError("no backend: pass --url URL (e.g. --url sqlite:///salvador.db) or set "
                                "$SALVADOR_URL")
-    return Engine.from_url(url, workflows=workflows, observers=[])
+    return admin_engine(url, workflows)
 
 
 async def _with_engine(url: str | None, app: str | None, use: Callable[[Engine], Awaitable[_T]]) -> _T:
@@ -308,7 +291,7 @@ async def _work(engine: Engine) -> None:
     """Open first, so an unreachable backend is the only line printed, then run."""
     async with engine:
         names = ", ".join(sorted(engine.workflows))
-        click.echo(f"salvador worker: running {names} on {_where(engine)}, concurrency "
+        click.echo(f"salvador worker: running {names} on {backend_location(engine)}, concurrency "
                    f"{engine.concurrency}, pid {os.getpid()}; SIGTERM or Ctrl-C drains", err=True)
         await engine.run()
 
@@ -326,17 +309,7 @@ def _worker_engine(target: Any, spec: str, url: str | None, concurrency: int | N
         settings = settings.with_options(url=url, store_url=None, queue_url=None)
         return Engine(connect(url), workflows=workflows, settings=settings,
                       observers=[target.observer], logger=target.log)
-    return Engine.from_url(url, workflows=_workflows_of(target, spec), concurrency=concurrency)
-
-
-def _where(engine: Engine) -> str:
-    """The engine's backend for a message, password redacted."""
-    settings = engine.settings
-    if settings.url:
-        return redact_url(settings.url)
-    if settings.store_url and settings.queue_url:
-        return f"{redact_url(settings.store_url)} + {redact_url(settings.queue_url)}"
-    return repr(engine.backend)
+    return Engine.from_url(url, workflows=workflows_of(target, spec), concurrency=concurrency)
 
 
 # -- submit -------------------------------------------------------------------------------
@@ -439,55 +412,11 @@ def _summary(task: Task) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _StepRow:
-    number: int
-    name: str
-    state: str
-    result_bytes: int | None
-    attempts: int | None
-
-
-def _step_rows(task: Task, wf: Workflow | None) -> list[_StepRow]:
-    """Each step the task has reached (every step of the workflow when it is known): its
-    state, result size and, for the step in progress or failed, its attempts."""
-    names = [s.name for s in wf.steps] if wf is not None else list(task.results)
-    last = task.error or (task.failures[-1] if task.failures else None)
-    current = last.step if last is not None else None
-    if wf is None and current is not None and current not in names:
-        names.append(current)
-    rows = []
-    for i, name in enumerate(names):
-        result = task.results.get(name, _MISSING)
-        size = None if result is _MISSING else len(dump_json(result, what="a step result"))
-        if name in task.compensated:
-            state = "compensated"
-        elif i < task.step:
-            state = "done"
-        elif i == task.step and task.status is TaskStatus.RUNNING:
-            state = "running"
-        elif i == task.step and task.status in (TaskStatus.FAILED, TaskStatus.COMPENSATED,
-                                                TaskStatus.COMPENSATING) and name == current:
-            state = "failed"
-        elif i == task.step and task.status is TaskStatus.CANCELLED:
-            state = "cancelled"
-        elif i == task.step and task.status is TaskStatus.PENDING and task.attempt:
-            state = "retrying"
-        else:
-            state = "not run"
-        attempts = task.attempt if i == task.step and task.attempt else None
-        rows.append(_StepRow(i + 1, name, state, size, attempts))
-    return rows
-
-
-_MISSING = object()
-
-
 def _task_document(task: Task, wf: Workflow | None) -> dict[str, Any]:
     took = (task.updated_at - task.created_at).total_seconds() if task.status.terminal else None
     return {
         **_summary(task),
-        "steps": [asdict(row) for row in _step_rows(task, wf)],
+        "steps": [asdict(row) for row in step_rows(task, wf)],
         "steps_total": len(wf.steps) if wf is not None else None,
         "duration_seconds": took,
         "results": task.results,
@@ -608,38 +537,6 @@ def list_tasks(workflow: str | None, statuses: tuple[str, ...], limit: int, curs
 
 
 # -- stats --------------------------------------------------------------------------------
-
-
-async def _stats(engine: Engine, workflow: str | None) -> list[WorkflowStats]:
-    backend = engine.backend
-    if isinstance(backend, TaskCounts):
-        found = await backend.stats()
-        return [s for s in found if workflow is None or s.workflow == workflow]
-    return await _stats_from_listing(engine, workflow)
-
-
-async def _stats_from_listing(engine: Engine, workflow: str | None) -> list[WorkflowStats]:
-    """Counted from the listing, page by page: reads every record, so it is slow on big stores."""
-    by_workflow: dict[str, WorkflowStats] = {}
-    now = utcnow()
-    cursor: str | None = None
-    while True:
-        page = await engine.list_tasks(workflow=workflow, limit=PAGE_SIZE, cursor=cursor)
-        for task in page.tasks:
-            stats = by_workflow.setdefault(task.workflow, WorkflowStats(task.workflow))
-            stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
-            if task.status in DEAD_LETTER_STATUSES:
-                stats.dead_letters += 1
-            if task.status is TaskStatus.PENDING:
-                if task.not_before is not None and task.not_before > now:
-                    stats.delayed += 1
-                else:
-                    stats.queued += 1
-                    waited = (now - (task.not_before or task.created_at)).total_seconds()
-                    stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
-        cursor = page.cursor
-        if cursor is None:
-            return [by_workflow[name] for name in sorted(by_workflow)]
 
 
 @cli.command()
@@ -852,7 +749,7 @@ def check(strict: bool, url: str | None, as_json: bool) -> int:
     with _quiet_logs():
         found = _run(go)
     failing = blocking(found, strict=strict)
-    where = _where(engine)
+    where = backend_location(engine)
 
     def human() -> None:
         if not found:

@@ -28,9 +28,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from salvador_core.cli import _admin_engine, _where
+from salvador_core.admin import admin_engine, backend_location, load_workflows
 from salvador_core.dashboard import views
 from salvador_core.dashboard.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, Auth, CsrfTokens
+from salvador_core.dashboard.timerange import TimeRange, TimeRangeError
 from salvador_core.engine import Engine
 from salvador_core.errors import (
     BackendUnavailableError,
@@ -40,7 +41,7 @@ from salvador_core.errors import (
     TaskNotFoundError,
     UnknownWorkflowError,
 )
-from salvador_core.task import DEAD_LETTER_STATUSES, Page, TaskStatus
+from salvador_core.task import DEAD_LETTER_STATUSES, Page, TaskStatus, utcnow
 
 #: Rows per page of a listing.
 PAGE_SIZE = 50
@@ -83,7 +84,7 @@ class Dashboard:
         self.show_payloads = show_payloads
         self.tracing_url = tracing_url
         self.csrf = CsrfTokens()
-        self.where = _where(engine)
+        self.where = backend_location(engine)
         self._opened = False
         self._open_lock = asyncio.Lock()
         self.templates = Environment(
@@ -93,6 +94,7 @@ class Dashboard:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.globals["completion_chart"] = views.completion_chart
 
     async def ready(self) -> Engine:
         """The engine, opened on first use (once, however many requests arrive at once)."""
@@ -226,37 +228,72 @@ async def overview_page(request: Request) -> Response:
 
 
 def _filters(request: Request) -> dict[str, Any]:
+    """The listing's filters from the query; `error` says why they cannot be applied (an
+    unknown status, a `from` or `to` that is not a time), None when they can."""
     query = request.query_params
     statuses = [s for s in query.getlist("status") if s]
-    unknown = [s for s in statuses if s not in _STATUSES]
-    if unknown:
-        raise HttpError(400, f"unknown status {unknown[0]!r}; choose one of {', '.join(_STATUSES)}")
-    return {
+    filters: dict[str, Any] = {
         "workflow": query.get("workflow", "").strip() or None,
-        "status": statuses,
+        "status": [s for s in statuses if s in _STATUSES],
         "id": query.get("id", "").strip() or None,
         "cursor": query.get("cursor") or None,
+        "from_text": query.get("from", "").strip(),
+        "to_text": query.get("to", "").strip(),
+        "range": None,
+        "error": None,
     }
+    unknown = [s for s in statuses if s not in _STATUSES]
+    if unknown:
+        filters["error"] = f"unknown status {unknown[0]!r}; choose one of {', '.join(_STATUSES)}"
+        return filters
+    try:
+        filters["range"] = TimeRange.parse(filters["from_text"], filters["to_text"], now=utcnow())
+    except TimeRangeError as exc:
+        filters["error"] = str(exc)
+    return filters
 
 
 async def _task_page(engine: Engine, filters: dict[str, Any], *, dead_letters: bool = False) -> Page:
+    span: TimeRange | None = filters["range"]
     if filters["id"]:
         task = await engine.get_task(filters["id"])
         matches = task is not None and (filters["workflow"] in (None, task.workflow)) and (
             not filters["status"] or task.status.value in filters["status"])
         if task is not None and dead_letters:
             matches = matches and task.status in DEAD_LETTER_STATUSES
+        if task is not None and span is not None:
+            matches = matches and span.holds(task.id)
         return Page([task] if task is not None and matches else [], None)
     wanted: Any = [TaskStatus(s) for s in filters["status"]] or None
     if dead_letters:
         wanted = wanted or DEAD_LETTER_STATUSES
-    return await engine.list_tasks(workflow=filters["workflow"], status=wanted, limit=PAGE_SIZE,
-                                   cursor=filters["cursor"])
+    if span is None:
+        return await engine.list_tasks(workflow=filters["workflow"], status=wanted, limit=PAGE_SIZE,
+                                       cursor=filters["cursor"])
+    return await _page_in_range(engine, span, workflow=filters["workflow"], status=wanted,
+                                cursor=filters["cursor"])
+
+
+async def _page_in_range(engine: Engine, span: TimeRange, *, workflow: str | None, status: Any,
+                         cursor: str | None) -> Page:
+    """One page of the tasks created within `span` (timerange.py): the listing starts at
+    the range's first id (or at `cursor`, where the previous page ended) and what lies past
+    its end is dropped. A task more than a page is asked for, so that a next page is
+    offered only when it holds something; its cursor is the last id shown, which is what
+    every backend's cursor is."""
+    start = span.cursor
+    if cursor is not None and (start is None or cursor > start):
+        start = cursor
+    page = await engine.list_tasks(workflow=workflow, status=status, limit=PAGE_SIZE + 1, cursor=start)
+    inside = [t for t in page.tasks if span.holds(t.id)]
+    shown = inside[:PAGE_SIZE]
+    return Page(shown, shown[-1].id if len(inside) > PAGE_SIZE else None)
 
 
 def _page_context(filters: dict[str, Any], page: Page) -> dict[str, Any]:
-    keep = {k: v for k, v in (("workflow", filters["workflow"]), ("id", filters["id"])) if v}
-    query = [*keep.items(), *(("status", s) for s in filters["status"])]
+    kept = (("workflow", filters["workflow"]), ("id", filters["id"]), ("from", filters["from_text"]),
+            ("to", filters["to_text"]))
+    query = [*((k, v) for k, v in kept if v), *(("status", s) for s in filters["status"])]
     return {
         "filters": filters,
         "tasks": [views.summary(t) for t in page.tasks],
@@ -265,28 +302,48 @@ def _page_context(filters: dict[str, Any], page: Page) -> dict[str, Any]:
     }
 
 
+def _listing_data(context: dict[str, Any], page: Page) -> dict[str, Any]:
+    """The JSON twin's data of a listing: the rows, the next cursor, the range applied."""
+    span: TimeRange | None = context["filters"]["range"]
+    return {"tasks": context["tasks"], "cursor": page.cursor,
+            "range": None if span is None else span.to_dict()}
+
+
+def _refuse_filters(dash: Dashboard, request: Request, template: str, filters: dict[str, Any],
+                    **context: Any) -> Response:
+    """Filters that cannot be applied: a 400 with the reason, as JSON for the twin, else
+    the page again with the form as filled in and the reason beside it (nothing listed,
+    nothing refreshed)."""
+    if _is_api(request):
+        raise HttpError(400, filters["error"])
+    return dash.render(request, template, status=400, filters=filters, tasks=[], next_query=None,
+                       first_query=None, **context)
+
+
 async def tasks_page(request: Request) -> Response:
     dash = _dash(request)
     filters = _filters(request)
+    if filters["error"]:
+        return _refuse_filters(dash, request, "tasks.html", filters)
     page = await _task_page(await dash.ready(), filters)
     context = _page_context(filters, page)
     if _is_api(request):
-        return dash.fragment(request, "tasks.html", {"tasks": context["tasks"], "cursor": page.cursor},
-                             **context)
+        return dash.fragment(request, "tasks.html", _listing_data(context, page), **context)
     return dash.render(request, "tasks.html", **context)
 
 
 async def dead_letters_page(request: Request) -> Response:
     dash = _dash(request)
     filters = _filters(request)
+    if filters["error"]:
+        return _refuse_filters(dash, request, "dead_letters.html", filters, known_workflows=set(), done=None)
     engine = await dash.ready()
     page = await _task_page(engine, filters, dead_letters=True)
     context = {**_page_context(filters, page), "known_workflows": set(engine.workflows)}
     discarded = request.query_params.get("discarded")
     context["done"] = f"Discarded task {discarded}." if discarded else None
     if _is_api(request):
-        return dash.fragment(request, "dead_letters.html",
-                             {"tasks": context["tasks"], "cursor": page.cursor}, **context)
+        return dash.fragment(request, "dead_letters.html", _listing_data(context, page), **context)
     return dash.render(request, "dead_letters.html", **context)
 
 
@@ -431,7 +488,8 @@ def create_app(
     owns = not isinstance(engine_or_url, Engine)
     if app is not None and not owns:
         raise ConfigurationError("pass app='MODULE:ATTR' only with a URL; an Engine brings its own workflows")
-    engine = engine_or_url if isinstance(engine_or_url, Engine) else _admin_engine(engine_or_url, app)
+    engine = (engine_or_url if isinstance(engine_or_url, Engine)
+              else admin_engine(engine_or_url, load_workflows(app)))
     dash = Dashboard(engine, owns_engine=owns, read_only=read_only, show_payloads=show_payloads,
                      tracing_url=tracing_url)
 

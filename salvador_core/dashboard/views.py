@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-from salvador_core.cli import _stats, _step_rows
+from salvador_core import admin
 from salvador_core.engine import Engine
 from salvador_core.task import DEAD_LETTER_STATUSES, Task, TaskError, TaskStatus, dump_json, utcnow
 from salvador_core.workflow import Workflow
@@ -90,13 +91,79 @@ def trace_link(meta: dict[str, str], tracing_url: str | None) -> tuple[str | Non
 
 
 async def overview(engine: Engine) -> list[dict[str, Any]]:
-    """Per workflow: counts by status, queue depth, oldest wait, dead letters (counted by
-    the backend where it offers `TaskCounts.stats()`, else read page by page)."""
-    found = await _stats(engine, None)
+    """Per workflow: counts by status, queue depth, oldest wait, dead letters and
+    completions per minute over the last hour (counted by the backend where it offers
+    `TaskCounts.stats()`, else read page by page). `completions` is empty, and the two
+    sums of it None, where the backend does not count completions."""
+    found = await admin.stats(engine, None)
     return [
-        {**asdict(s), "total": sum(s.counts.values()), "oldest_wait": span(s.oldest_wait_seconds)}
+        {
+            **asdict(s),
+            "completions": list(s.completions),
+            "completed_last_hour": sum(s.completions) if s.completions else None,
+            "peak_per_minute": max(s.completions) if s.completions else None,
+            "total": sum(s.counts.values()),
+            "oldest_wait": span(s.oldest_wait_seconds),
+        }
         for s in found
     ]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One minute's bar: where it is drawn (SVG user units), and what it stands for."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    count: int
+    minutes_ago: int
+
+
+@dataclass(frozen=True)
+class CompletionChart:
+    """A workflow's completions per minute as the overview draws them: one bar a minute,
+    scaled so the busiest minute (`scale`, the top of the y axis) fills the plot, and the
+    text alternative (`summary`). The class constants place the plot (LEFT..RIGHT,
+    TOP..BOTTOM) in the drawing, leaving room for the axis labels."""
+
+    WIDTH: ClassVar[int] = 340
+    HEIGHT: ClassVar[int] = 88
+    LEFT: ClassVar[int] = 34
+    RIGHT: ClassVar[int] = 334
+    TOP: ClassVar[int] = 8
+    BOTTOM: ClassVar[int] = 68
+
+    bars: list[Bar]
+    total: int
+    peak: int
+    scale: int
+    summary: str
+
+
+def completion_chart(counts: Sequence[int]) -> CompletionChart | None:
+    """The chart of `WorkflowStats.completions` (oldest minute first, the current one
+    last), or None when the backend does not count completions (no entries)."""
+    if not counts:
+        return None
+    total, peak = sum(counts), max(counts)
+    scale = max(peak, 1)
+    frame = CompletionChart
+    step = (frame.RIGHT - frame.LEFT) / len(counts)
+    room = frame.BOTTOM - frame.TOP
+    bars = []
+    for index, count in enumerate(counts):
+        # A minute with any completion stays visible, however busy the peak minute was.
+        height = 0.0 if count == 0 else max(1.0, round(room * count / scale, 1))
+        bars.append(Bar(x=round(frame.LEFT + step * index + step * 0.1, 2), y=round(frame.BOTTOM - height, 1),
+                        width=round(step * 0.8, 2), height=height, count=count,
+                        minutes_ago=len(counts) - 1 - index))
+    if total:
+        summary = f"{total} completed in the last hour; peak {peak} per minute"
+    else:
+        summary = "none completed in the last hour"
+    return CompletionChart(bars, total, peak, scale, summary)
 
 
 def summary(task: Task) -> dict[str, Any]:
@@ -135,7 +202,7 @@ def task_detail(task: Task, wf: Workflow | None, *, show_payloads: bool,
     """Everything the task page shows: steps with results, attempts, failures with
     tracebacks, meta and the trace link, and the steps a requeue may restart from."""
     steps = []
-    for row in _step_rows(task, wf):
+    for row in admin.step_rows(task, wf):
         result = task.results.get(row.name)
         has_result = row.name in task.results
         steps.append({

@@ -1,12 +1,13 @@
 """Workflows the dashboard tests show, importable as `tests.dashboard.app:workflows` (the
-dashboard's `--app`), and `seed`, which puts tasks of every kind into a backend."""
+dashboard's `--app`); `seed`, which puts tasks of every kind into a backend; and
+`complete`, which runs more tasks to completion."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 
-from salvador_core import NO_RETRY, Engine, StepContext, TaskStatus, Workflow
+from salvador_core import NO_RETRY, Engine, StepContext, Task, TaskStatus, Workflow
 
 #: A name and a step result holding markup: the pages must show them as text.
 HOSTILE = "<script>window.__pwned = 1</script><b>wf</b>"
@@ -70,19 +71,35 @@ async def seed(url: str) -> Seeded:
             "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01", "origin": "<b>test</b>"})
         failed = await engine.submit("dash-fail", {"order": "<script>body</script>"})
         odd = await engine.submit(HOSTILE, {})
-        worker = asyncio.create_task(engine.run())
-        try:
-            for _ in range(200):
-                tasks = [await engine.get_task(i) for i in (completed, failed, odd)]
-                if all(t is not None and t.status.terminal for t in tasks):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"seed tasks did not finish: {tasks}")
-        finally:
-            engine.stop()
-            await worker
-        assert [t.status for t in tasks if t] == [TaskStatus.COMPLETED, TaskStatus.FAILED,
-                                                  TaskStatus.COMPLETED], tasks
+        tasks = await run_until_finished(engine, [completed, failed, odd])
+        assert [t.status for t in tasks] == [TaskStatus.COMPLETED, TaskStatus.FAILED,
+                                             TaskStatus.COMPLETED], tasks
         pending = await engine.submit("dash-ok", {"n": 1}, delay=3600)
     return Seeded(completed, failed, odd, pending)
+
+
+async def complete(url: str, count: int) -> list[str]:
+    """Submit `count` tasks of dash-ok and run them to completion with an in-process worker
+    that runs dash-ok alone (tasks of other workflows stay queued)."""
+    engine = Engine.from_url(url, workflows=[ok], observers=[], poll_interval=0.05, durability="off")
+    async with engine:
+        ids = [await engine.submit("dash-ok", {"n": n}) for n in range(count)]
+        tasks = await run_until_finished(engine, ids)
+        assert all(t.status is TaskStatus.COMPLETED for t in tasks), tasks
+    return ids
+
+
+async def run_until_finished(engine: Engine, ids: list[str]) -> list[Task]:
+    """Run `engine`'s worker until every task of `ids` is finished (10 s at most)."""
+    worker = asyncio.create_task(engine.run())
+    try:
+        for _ in range(200):
+            found = [await engine.get_task(i) for i in ids]
+            tasks = [t for t in found if t is not None and t.status.terminal]
+            if len(tasks) == len(ids):
+                return tasks
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"tasks did not finish: {found}")
+    finally:
+        engine.stop()
+        await worker

@@ -1,7 +1,8 @@
 """Fixtures of the dashboard tests: a seeded backend (a fresh SQLite file, or a fresh prefix
-on the shared Redis server whose keys are deleted afterwards), dashboard servers started
-and stopped per test, and Debian's Chromium driven by Playwright (scripts/ensure-browser.sh
-installs it; Playwright's own browser download is not used)."""
+on the shared Redis server whose keys are deleted afterwards), an empty backend of each
+kind (`any_backend_url`), dashboard servers started and stopped per test, and Debian's
+Chromium driven by Playwright (scripts/ensure-browser.sh installs it; Playwright's own
+browser download is not used)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 from salvador_core import Engine, Task
 from tests.dashboard.app import Seeded, seed, workflows
 from tests.dashboard.servers import Servers
+from tests.helpers.nats_servers import delete_stream_and_bucket, shared_nats_url, unique_names
+from tests.helpers.postgres_servers import drop_schema, shared_postgres_url, unique_schema, with_options
 from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
 
 _T = TypeVar("_T")
@@ -37,6 +40,13 @@ def run_async(make: Callable[[], Awaitable[_T]]) -> _T:
         return pool.submit(asyncio.run, call()).result(timeout=60)
 
 
+def in_thread(call: Callable[[], _T]) -> _T:
+    """`call()` in a thread of its own, for helpers that run an event loop themselves (the
+    same reason as `run_async`)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result(timeout=60)
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -46,6 +56,33 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     prefix = unique("salvador-dash-")
     yield f"{server}?prefix={prefix}"
     delete_prefix(server, prefix)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "nats"])
+def any_backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty backend of every kind salvador ships, cleaned up afterwards: a fresh SQLite
+    file, Redis prefix, PostgreSQL schema, NATS stream and bucket (on the shared servers).
+    `memory://` lives inside one engine: use it through that engine only."""
+    kind = request.param
+    if kind == "memory":
+        yield "memory://"
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dashboard.db'}"
+    elif kind == "redis":
+        server = shared_redis_url()
+        prefix = unique("salvador-dash-")
+        yield f"{server}?prefix={prefix}"
+        delete_prefix(server, prefix)
+    elif kind == "postgres":
+        server = in_thread(shared_postgres_url)
+        schema = unique_schema("salvador_dash_")
+        yield with_options(server, schema=schema)
+        run_async(lambda: drop_schema(server, schema))
+    else:
+        server = in_thread(shared_nats_url)
+        stream, bucket = unique_names()
+        yield f"{server}?stream={stream}&bucket={bucket}"
+        in_thread(lambda: delete_stream_and_bucket(server, stream, bucket))
 
 
 @pytest.fixture
