@@ -24,7 +24,14 @@ from salvador_core.errors import (
     UnknownWorkflowError,
 )
 from salvador_core.observe import LoggingObserver, Observer
-from salvador_core.protocols import Backend, TaskCounts, TaskQueue, TaskStore, TransactionalSubmit
+from salvador_core.protocols import (
+    Backend,
+    BatchClaims,
+    TaskCounts,
+    TaskQueue,
+    TaskStore,
+    TransactionalSubmit,
+)
 from salvador_core.retry import NO_RETRY, RetryPolicy
 from salvador_core.run import ActiveRun
 from salvador_core.settings import Settings, load_object
@@ -51,6 +58,7 @@ __all__ = [
     "Backend",
     "BackendNotOpenError",
     "BackendUnavailableError",
+    "BatchClaims",
     "Claim",
     "ConfigurationError",
     "ConflictError",

@@ -180,7 +180,8 @@ class BatchClaims(Protocol):
     async def claim_many(self, workflow: str, limit: int, *, lease: float, wait: float) -> list[Claim]:
         """Up to `limit` (>= 1) leases on due tasks of `workflow` in one go, oldest first;
         waits up to `wait` seconds for the first; [] when none came. Each claim is
-        exactly what `claim` would have returned for that task."""
+        exactly what `claim` would have returned for that task. A `limit` below 1 raises
+        `ValueError` naming it."""
 
 
 @runtime_checkable
