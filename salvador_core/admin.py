@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +23,10 @@ from salvador_core.errors import ConfigurationError
 from salvador_core.protocols import TaskCounts
 from salvador_core.settings import load_object
 from salvador_core.task import (
-    DEAD_LETTER_STATUSES,
+    StatsTally,
     Task,
     TaskStatus,
     WorkflowStats,
-    completion_buckets,
     dump_json,
     utcnow,
 )
@@ -100,34 +98,16 @@ async def stats(engine: Engine, workflow: str | None) -> list[WorkflowStats]:
 
 async def stats_from_listing(engine: Engine, workflow: str | None) -> list[WorkflowStats]:
     """Counted from the listing, page by page: reads every record, so it is slow on big
-    stores. Completions per minute come from each completed task's finish time (its
-    `updated_at`: a completed task is never written again)."""
-    by_workflow: dict[str, WorkflowStats] = {}
-    finished: dict[str, Counter[int]] = {}
-    now = utcnow()
+    stores."""
+    tally = StatsTally(utcnow())
     cursor: str | None = None
     while True:
         page = await engine.list_tasks(workflow=workflow, limit=PAGE_SIZE, cursor=cursor)
         for task in page.tasks:
-            stats = by_workflow.setdefault(task.workflow, WorkflowStats(task.workflow))
-            stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
-            minutes = finished.setdefault(task.workflow, Counter())
-            if task.status is TaskStatus.COMPLETED:
-                minutes[int(task.updated_at.timestamp() // 60)] += 1
-            if task.status in DEAD_LETTER_STATUSES:
-                stats.dead_letters += 1
-            if task.status is TaskStatus.PENDING:
-                if task.not_before is not None and task.not_before > now:
-                    stats.delayed += 1
-                else:
-                    stats.queued += 1
-                    waited = (now - (task.not_before or task.created_at)).total_seconds()
-                    stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
+            tally.add(task)
         cursor = page.cursor
         if cursor is None:
-            for name, stats in by_workflow.items():
-                stats.completions = completion_buckets(finished[name].items(), now.timestamp())
-            return [by_workflow[name] for name in sorted(by_workflow)]
+            return tally.result()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 import traceback as tb
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -268,6 +269,43 @@ def completion_buckets(per_minute: Iterable[tuple[int, int]], now: float) -> tup
         if index >= 0:
             buckets[index] += int(count)
     return tuple(buckets)
+
+
+class StatsTally:
+    """`WorkflowStats` counted task by task, for what has no index to count from: the
+    listing fallback of `salvador stats` and memory://. Completions per minute come from
+    each completed task's `updated_at` (a completed task is never written again)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._found: dict[str, WorkflowStats] = {}
+        self._finished: dict[str, Counter[int]] = {}
+
+    def add(self, task: Task, *, leased: bool = False) -> None:
+        """Count `task`; a pending task someone holds a lease on is neither queued nor
+        delayed (a listing cannot tell, and passes False)."""
+        stats = self._found.get(task.workflow)
+        if stats is None:
+            stats = self._found[task.workflow] = WorkflowStats(task.workflow)
+            self._finished[task.workflow] = Counter()
+        stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
+        if task.status is TaskStatus.COMPLETED:
+            self._finished[task.workflow][int(task.updated_at.timestamp() // 60)] += 1
+        if task.status in DEAD_LETTER_STATUSES:
+            stats.dead_letters += 1
+        if task.status is TaskStatus.PENDING and not leased:
+            if task.not_before is not None and task.not_before > self.now:
+                stats.delayed += 1
+            else:
+                stats.queued += 1
+                waited = (self.now - (task.not_before or task.created_at)).total_seconds()
+                stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
+
+    def result(self) -> list[WorkflowStats]:
+        """One entry per workflow counted, by name."""
+        for name, stats in self._found.items():
+            stats.completions = completion_buckets(self._finished[name].items(), self.now.timestamp())
+        return [self._found[name] for name in sorted(self._found)]
 
 
 def _record_head(task: Task) -> bytes:

@@ -12,7 +12,7 @@ import builtins
 import heapq
 import secrets
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,13 +27,12 @@ from salvador_core.errors import (
     RecordVersionError,
 )
 from salvador_core.task import (
-    DEAD_LETTER_STATUSES,
     Claim,
     Page,
+    StatsTally,
     Task,
     TaskStatus,
     WorkflowStats,
-    completion_buckets,
     decode_task,
     encode_task,
     next_version,
@@ -192,31 +191,14 @@ class MemoryBackend:
         """Counts by workflow and status, the queue's depth, and completions per minute
         (the completed tasks' `updated_at`) (TaskCounts), in one pass."""
         self._check_open()
-        now = utcnow()
-        found: dict[str, WorkflowStats] = {}
-        finished: dict[str, Counter[int]] = {}
+        tally = StatsTally(utcnow())
         for task_id, raw in self._records.items():
             try:
                 task = decode_task(raw, task_id)
             except (CorruptRecordError, RecordVersionError):
                 continue
-            stats = found.setdefault(task.workflow, WorkflowStats(task.workflow))
-            stats.counts[task.status.value] = stats.counts.get(task.status.value, 0) + 1
-            minutes = finished.setdefault(task.workflow, Counter())
-            if task.status is TaskStatus.COMPLETED:
-                minutes[int(task.updated_at.timestamp() // 60)] += 1
-            if task.status in DEAD_LETTER_STATUSES:
-                stats.dead_letters += 1
-            if task.status is TaskStatus.PENDING and task_id not in self._leases:
-                if task.not_before is not None and task.not_before > now:
-                    stats.delayed += 1
-                else:
-                    stats.queued += 1
-                    waited = (now - (task.not_before or task.created_at)).total_seconds()
-                    stats.oldest_wait_seconds = max(stats.oldest_wait_seconds or 0.0, waited)
-        for name, stats in found.items():
-            stats.completions = completion_buckets(finished[name].items(), now.timestamp())
-        return [found[name] for name in sorted(found)]
+            tally.add(task, leased=task_id in self._leases)
+        return tally.result()
 
     async def quarantine(self, task: Task) -> Task:
         self._check_open()
