@@ -19,8 +19,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from salvador_core import Engine, TaskStatus
-from tests.helpers.postgres_servers import PostgresServer
+from salvador_core import Engine, LeaseLostError, Task, TaskStatus
+from salvador_core.task import new_task_id
+from salvador_postgres import PostgresBackend
+from tests.helpers.postgres_servers import PostgresServer, private_postgres
 from tests.helpers.workers import Workers, all_ran, all_tasks, count_of, effects, submit_many, wait_for
 
 pytestmark = pytest.mark.asyncio
@@ -191,3 +193,29 @@ async def test_terminating_worker_connections_during_3000_tasks_loses_and_reruns
     for tid in ids:
         for step in ("one", "two", "three"):
             assert ran[(step, tid)] >= 1, f"step {step} of {tid} never ran"
+
+
+async def test_a_claim_forgotten_by_a_server_crash_loses_no_task_and_is_redelivered_at_once() -> None:
+    """A claim commits asynchronously (one fsync fewer on the way from submit to start): a
+    server crash before the WAL writer flushes it forgets the lease. The task must still be
+    there and claimable at once; the forgotten claim acks nothing. (Any later synchronous
+    commit, such as the run's ownership write, flushes the claim with it: WAL is written in
+    order.)"""
+    # fsync on, and a WAL writer that waits 10 s: only a synchronous commit reaches the disk.
+    with private_postgres("fsync=on", "wal_writer_delay=10s") as server:
+        url = server.url(schema="forgotten")
+        async with PostgresBackend.from_url(url) as backend:
+            task = await backend.submit(Task(id=new_task_id(), workflow="wf", body=b"x"))
+            claim = await backend.claim("wf", lease=60, wait=2)
+            assert claim is not None
+            assert claim.task_id == task.id
+        server.stop_immediate()  # SIGQUIT: no checkpoint, crash recovery at the next start
+        server.start()
+        async with PostgresBackend.from_url(url) as backend:
+            again = await backend.claim("wf", lease=60, wait=5)
+            assert again is not None, "the task was lost, or is still held by the crashed claim"
+            assert again.task_id == task.id
+            assert again.deliveries == claim.deliveries, "the forgotten claim's delivery still counts"
+            with pytest.raises(LeaseLostError):
+                await backend.ack(claim)
+            await backend.ack(again)
