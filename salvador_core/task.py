@@ -11,7 +11,7 @@ import traceback as tb
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -92,9 +92,21 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: Hex digits at the start of a task id that hold its creation time in epoch milliseconds.
+ID_TIME_DIGITS = 12
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def new_task_id() -> str:
     """A 32-hex-digit id whose first 12 digits are the creation time in ms (sortable)."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def id_time_prefix(moment: datetime) -> str:
+    """The first `ID_TIME_DIGITS` digits of an id made at `moment` (clamped to what they
+    hold): ids sort by creation time, so this bounds a range of them."""
+    milliseconds = (moment - _EPOCH) // timedelta(milliseconds=1)
+    return f"{min(max(milliseconds, 0), 16**ID_TIME_DIGITS - 1):0{ID_TIME_DIGITS}x}"
 
 
 @dataclass(frozen=True)

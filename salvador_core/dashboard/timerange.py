@@ -19,12 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from salvador_core.admin import parse_duration
+from salvador_core.task import ID_TIME_DIGITS, id_time_prefix
 
-#: Hex digits of an id that hold its creation time in epoch milliseconds.
-ID_TIME_DIGITS = 12
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_LAST_MS = 16**ID_TIME_DIGITS - 1
 _FORMS = "an ISO 8601 date-time (2024-05-01T12:00:00Z) or an age (90s, 15m, 2h, 1d, 2w)"
 
 
@@ -54,14 +50,14 @@ class TimeRange:
     @property
     def cursor(self) -> str | None:
         """The listing cursor just before the first id created at `start` or later."""
-        return None if self.start is None else _id_time(self.start)
+        return None if self.start is None else id_time_prefix(self.start)
 
     def holds(self, task_id: str) -> bool:
         """Whether the task with this id was created within the range."""
         made = task_id[:ID_TIME_DIGITS]
-        if self.start is not None and made < _id_time(self.start):
+        if self.start is not None and made < id_time_prefix(self.start):
             return False
-        return self.end is None or made <= _id_time(self.end)
+        return self.end is None or made <= id_time_prefix(self.end)
 
     def describe(self) -> str:
         """The range for people, in UTC to the second."""
@@ -100,12 +96,6 @@ def _moment(name: str, text: str, now: datetime) -> datetime:
         return moment.astimezone(timezone.utc)
     except OverflowError:
         raise TimeRangeError(f"{name}={text!r} is out of range; write a year from 1 to 9999") from None
-
-
-def _id_time(moment: datetime) -> str:
-    """The first 12 digits of an id made at `moment` (clamped to what 12 digits hold)."""
-    milliseconds = (moment - _EPOCH) // timedelta(milliseconds=1)
-    return f"{min(max(milliseconds, 0), _LAST_MS):0{ID_TIME_DIGITS}x}"
 
 
 def _iso(moment: datetime, timespec: str = "seconds") -> str:
