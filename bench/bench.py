@@ -918,20 +918,27 @@ async def postgres_statements(setup: PostgresSetup, steps: int, tasks: int) -> d
     return {"submit": submit, **{k: ran[k] / tasks for k in ("claim", "checkpoint", "settle", "other")}}
 
 
+async def one_step_rows(setup: BackendSetup, plan: Plan, rows: list[Row]) -> bool:
+    """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100);
+    True when one failed (its row says why)."""
+    failed = False
+    for c in (1, 10):
+        n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
+        print(f"[{setup.name}] 1-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(await run_one(setup, 1, c, n, plan.latency_samples(c, n)))
+        except Exception as exc:
+            failed = True
+            rows.append(Row(setup.name, 1, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
+    return failed
+
+
 async def postgres_section(setup: PostgresSetup, plan: Plan, rows: list[Row]) -> tuple[str, bool]:
     """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
     server's ceiling and claims at depth measured in the same run, every row at concurrency
     10 and 100 as a share of the ceiling, and the statements per task. Returns the text to
     print and whether something failed."""
-    failed = False
-    for c in (1, 10):
-        n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
-        print(f"[postgres] 1-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
-        try:
-            rows.append(await run_one(setup, 1, c, n, plan.latency_samples(c, n)))
-        except Exception as exc:
-            failed = True
-            rows.append(Row("postgres", 1, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
+    failed = await one_step_rows(setup, plan, rows)
     print("[postgres] ceiling and claims at depth ...", file=sys.stderr, flush=True)
     try:
         ceiling = await postgres_ceiling(0.5 if plan.quick else 1.5)
@@ -1133,15 +1140,7 @@ async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[s
     """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
     server's ceiling measured in the same run, how close the backend gets to it, and what
     it sends per task. Returns the text to print and whether something failed."""
-    failed = False
-    for c in (1, 10):
-        n = max(20, plan.tasks // 10) if c == 1 else plan.tasks
-        print(f"[nats] 1-step, concurrency {c}, {n} tasks ...", file=sys.stderr, flush=True)
-        try:
-            rows.append(await run_one(setup, 1, c, n, plan.latency_samples(c, n)))
-        except Exception as exc:
-            failed = True
-            rows.append(Row("nats", 1, c, skipped=f"FAILED: {type(exc).__name__}: {exc}"[:160]))
+    failed = await one_step_rows(setup, plan, rows)
     print("[nats] ceiling ...", file=sys.stderr, flush=True)
     try:
         ceiling = await nats_ceiling(1.0 if plan.quick else 3.0)
