@@ -439,9 +439,9 @@ class PostgresBackend:
             f"ORDER BY id LIMIT ${len(params)}"
         )
         found: builtins.list[Task] = []
-        db = self._db()
         while len(found) <= limit:
-            rows = await db.fetch(sql, *params)
+            async with self._planned_per_call() as conn:
+                rows = await conn.fetch(sql, *params)
             for row in rows:
                 try:
                     found.append(decode_task(row["record"], row["id"]))
@@ -466,11 +466,11 @@ class PostgresBackend:
         read in id order (each batch its own short transaction, so purging a large backlog
         never holds locks long, and never rescans what it already passed)."""
         total = 0
-        db = self._db()
         for status in sorted(s.value for s in purge_statuses(statuses)):
             after = ""
             while True:
-                row = await db.fetchrow(self._sql.purge, status, after, _PURGE_BATCH, older_than)
+                async with self._planned_per_call() as conn:
+                    row = await conn.fetchrow(self._sql.purge, status, after, _PURGE_BATCH, older_than)
                 total += row["deleted"]
                 if row["scanned"] < _PURGE_BATCH:
                     break
@@ -672,6 +672,17 @@ class PostgresBackend:
         if self._retrying is None:
             raise BackendNotOpenError("PostgreSQL")
         return self._retrying
+
+    @contextlib.asynccontextmanager
+    async def _planned_per_call(self) -> AsyncIterator[Any]:
+        """A connection in a transaction of its own whose statements are planned for their
+        parameters, for listing and purging: their filters (a status, a workflow) select
+        anything from no row to all of them, and the generic plans the backend's
+        connections use (Settings.connect_kwargs) listed a status with 10 rows among
+        1,000,000 in 300 ms instead of 0.3 ms."""
+        async with self._db().connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            yield conn
 
     async def _listening(self) -> Listener | None:
         """The LISTEN connection, started by the first claim (producers need none)."""
