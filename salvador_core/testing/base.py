@@ -50,6 +50,10 @@ CAPABILITIES: dict[str, str] = {
     "idempotent creates, fenced updates, claims and acks keep every guarantee",
 }
 
+#: The atomic shortcuts of the `Backend` protocol; the engine uses them only when a backend
+#: has all three.
+ATOMIC_METHODS = ("submit", "requeue", "settle")
+
 #: The awkward workflow names every backend must keep apart and round-trip intact.
 AWKWARD_NAMES = (
     "with space",
@@ -139,10 +143,26 @@ class ConformanceBase:
 
     def require_atomic(self, backend: Any) -> Backend:
         """The backend as a `Backend`, or skip: the engine uses the atomic shortcuts exactly
-        when a backend implements them, so they are checked exactly then."""
-        if not isinstance(backend, Backend):
-            pytest.skip("backend has no atomic submit/requeue/settle; the engine uses the split path")
-        return backend
+        when a backend implements all three, so they are checked exactly then. A backend
+        that declares `atomic` but lacks one fails instead, naming it: the engine would
+        silently take the split path and never call the others."""
+        if isinstance(backend, Backend):
+            return backend
+        missing = [name for name in ATOMIC_METHODS if not callable(getattr(backend, name, None))]
+        lacks = _listed(missing, "or") or "the TaskStore/TaskQueue methods they build on"
+        if "atomic" in self.capabilities:
+            pytest.fail(
+                f"{type(backend).__name__} declares the 'atomic' capability but has no {lacks}: the "
+                "engine uses submit, requeue and settle only when all three are there, so it would "
+                "silently take the split path (two writes where one atomic step was meant) and never "
+                f"call the others. Add {_listed(missing, 'and') or lacks} (see "
+                "docs/writing-a-backend.md), or stop declaring 'atomic'."
+            )
+        has = [name for name in ATOMIC_METHODS if name not in missing]
+        pytest.skip(
+            f"backend has no {lacks}; the engine uses the split path"
+            + (f" and never calls its {_listed(has, 'and')}" if has else "")
+        )
 
     @asynccontextmanager
     async def second_instance(self, backend: Any) -> AsyncIterator[Any]:
@@ -287,6 +307,13 @@ async def _back_door(backend: Any, name: str, *args: Any) -> None:
     result = method(*args)
     if inspect.isawaitable(result):
         await result
+
+
+def _listed(names: list[str], conjunction: str) -> str:
+    """`a`, `a and b`, `a, b and c` (or with `or`)."""
+    if len(names) < 2:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 def _record_state(task: Task, engine: Engine) -> str:

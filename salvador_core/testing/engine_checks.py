@@ -68,8 +68,11 @@ def _type_name(error: Any) -> str:
     return str(getattr(error, "type", "")).rsplit(".", 1)[-1]
 
 
-#: How soon `run()` must return after `stop()` while its workers wait in `claim`.
-STOP_WITHIN = 0.5
+#: How soon `run()` must return after `stop()` while its workers wait in `claim` (issue 12:
+#: 100 ms whatever `poll_interval` is), judged on the median of `STOP_ROUNDS` stops so that
+#: one stall of a loaded machine does not fail the check; every stop must still return.
+STOP_WITHIN = 0.1
+STOP_ROUNDS = 5
 
 
 class _Abort(BaseException):
@@ -1432,35 +1435,39 @@ class EngineChecks(ConformanceBase):
         assert task.status is TaskStatus.COMPLETED
 
     @pytest.mark.asyncio
-    async def test_stop_returns_within_half_a_second_while_workers_wait_in_claim(self, backend: Any) -> None:
+    async def test_stop_returns_within_100_ms_while_workers_wait_in_claim(self, backend: Any) -> None:
         async def step(ctx: StepContext) -> None:
             return None
 
         wf = Workflow("idle-stop").step("step", step)
         eng = self.engine(backend, wf, poll_interval=30.0)
         await eng.open()  # held open, so the fixture's backend stays open after run() closes
-        worker = asyncio.create_task(eng.run(handle_signals=False))
-        try:
-            await asyncio.sleep(0.3)  # the claim loops are now waiting in claim(wait=30)
-            assert not worker.done(), "run() returned before it was stopped"
-            asked = time.monotonic()
-            eng.stop()
-            done, _ = await asyncio.wait({worker}, timeout=STOP_WITHIN + 2.0)
-            took = time.monotonic() - asked
-        finally:
-            if not worker.done():
-                worker.cancel()  # a broken engine: do not wait out its 30 s claims
-                await asyncio.gather(worker, return_exceptions=True)
-        assert done, (
-            f"run() had not returned {took:.1f}s after stop() while its workers waited in claim with "
-            f"poll_interval=30; it must return within {STOP_WITHIN}s"
+        took: list[float] = []
+        for _ in range(STOP_ROUNDS):
+            worker = asyncio.create_task(eng.run(handle_signals=False))
+            try:
+                await asyncio.sleep(0.25)  # the claim loops are now waiting in claim(wait=30)
+                assert not worker.done(), "run() returned before it was stopped"
+                asked = time.monotonic()
+                eng.stop()
+                done, _ = await asyncio.wait({worker}, timeout=STOP_WITHIN + 2.0)
+                took.append(time.monotonic() - asked)
+            finally:
+                if not worker.done():
+                    worker.cancel()  # a broken engine: do not wait out its 30 s claims
+                    await asyncio.gather(worker, return_exceptions=True)
+            assert done, (
+                f"run() had not returned {took[-1]:.1f}s after stop() while its workers waited in "
+                f"claim with poll_interval=30; it must return within {STOP_WITHIN * 1000:.0f} ms"
+            )
+            worker.result()
+        median = sorted(took)[len(took) // 2]
+        assert median <= STOP_WITHIN, (
+            f"run() returned {', '.join(f'{t * 1000:.0f}' for t in took)} ms after stop() (median "
+            f"{median * 1000:.0f} ms) while its workers waited in claim with poll_interval=30; it "
+            f"must return within {STOP_WITHIN * 1000:.0f} ms: a stop must interrupt an idle claim "
+            "wait, not wait it out"
         )
-        assert took <= STOP_WITHIN, (
-            f"run() returned {took:.2f}s after stop() while its workers waited in claim with "
-            f"poll_interval=30; it must return within {STOP_WITHIN}s: a stop must interrupt an idle "
-            "claim wait, not wait it out"
-        )
-        worker.result()
 
     # -- contract holes: requeue races, undecodable text, BaseExceptions, bad input ------
 

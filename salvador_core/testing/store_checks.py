@@ -21,7 +21,7 @@ from salvador_core.task import (
     quarantine_task,
     utcnow,
 )
-from salvador_core.testing.base import AWKWARD_NAMES, ConformanceBase, checks
+from salvador_core.testing.base import ATOMIC_METHODS, AWKWARD_NAMES, ConformanceBase, _listed, checks
 
 asyncio_check = pytest.mark.asyncio
 
@@ -80,10 +80,20 @@ class StoreChecks(ConformanceBase):
     @asyncio_check
     async def test_declared_capabilities_match_the_backend(self, backend: Any) -> None:
         atomic = isinstance(backend, Backend)
-        assert atomic == ("atomic" in self.capabilities), (
-            f"{type(backend).__name__} {'implements' if atomic else 'does not implement'} the atomic "
-            f"Backend protocol; {'declare' if atomic else 'do not declare'} the 'atomic' capability"
-        )
+        declared = "atomic" in self.capabilities
+        if atomic and not declared:
+            raise AssertionError(
+                f"{type(backend).__name__} implements the atomic Backend protocol (submit, requeue "
+                "and settle); declare the 'atomic' capability so the suite checks them"
+            )
+        if declared and not atomic:
+            missing = [name for name in ATOMIC_METHODS if not callable(getattr(backend, name, None))]
+            lacks = _listed(missing, "and") or "the TaskStore/TaskQueue methods they build on"
+            raise AssertionError(
+                f"{type(backend).__name__} declares the 'atomic' capability but has no {lacks}: the "
+                "engine uses submit, requeue and settle only when all three are there. Add "
+                f"{lacks} (docs/writing-a-backend.md), or stop declaring 'atomic'"
+            )
 
     @asyncio_check
     async def test_create_stores_version_1_and_get_returns_every_field(self, backend: Any) -> None:

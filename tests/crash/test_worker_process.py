@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -61,6 +63,10 @@ async def finished(engine: Engine, ids: list[str], timeout: float) -> list[Task]
     await wait_for(all_terminal, timeout, f"{len(ids)} tasks to finish")
     tasks = [await engine.get_task(i) for i in ids]
     return [t for t in tasks if t is not None]
+
+
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is not None
 
 
 async def started(workdir: Path, proc_pid: int) -> None:
@@ -151,17 +157,33 @@ async def test_threads_abandoned_by_timed_out_steps_do_not_starve_other_workflow
     assert "(24 abandoned step thread(s) in this process)" in log, log[-2000:]
 
 
+#: How soon an idle worker's `run()` must return after SIGTERM (issue 12: 100 ms), judged
+#: on the median of `IDLE_WORKERS` workers stopped one after another, so that one stall of
+#: a loaded machine does not fail the test.
+STOP_WITHIN = 0.1
+IDLE_WORKERS = 3
+
+
 @pytest.mark.asyncio
 async def test_an_idle_worker_stops_at_once_whatever_its_poll_interval(
     producer: Engine, workers: Workers, workdir: Path
 ) -> None:
-    proc = workers.start("--poll-interval", "30")
-    await started(workdir, proc.pid)
-    await asyncio.sleep(1.0)  # well into its first claim wait
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: proc.poll() is not None, 10, "the idle worker to exit")
-    stopped = (workdir / f"stopped-{proc.pid}").stat().st_mtime
-    took = stopped - sent
-    print(f"idle worker: run() returned {took * 1000:.0f} ms after SIGTERM")
-    assert took < 1.0, f"run() returned {took:.2f}s after SIGTERM with poll_interval=30"
+    procs = [workers.start("--poll-interval", "30") for _ in range(IDLE_WORKERS)]
+    for proc in procs:
+        await started(workdir, proc.pid)
+    await asyncio.sleep(1.0)  # well into their first claim wait
+    took = []
+    for proc in procs:
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        await wait_for(functools.partial(exited, proc), 10, "the idle worker to exit")
+        # The worker writes this file right after run() returns: interpreter teardown is
+        # not counted. (A file's mtime runs up to a few ms behind time.time(): no excuse.)
+        took.append((workdir / f"stopped-{proc.pid}").stat().st_mtime - sent)
+    shown = ", ".join(f"{t * 1000:.0f}" for t in took)
+    print(f"idle workers: run() returned {shown} ms after SIGTERM")
+    median = sorted(took)[len(took) // 2]
+    assert median <= STOP_WITHIN, (
+        f"run() returned {shown} ms after SIGTERM with poll_interval=30 (median "
+        f"{median * 1000:.0f} ms); it must return within {STOP_WITHIN * 1000:.0f} ms"
+    )

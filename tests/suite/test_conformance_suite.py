@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from salvador_core import Claim, LeaseLostError, Task
+from salvador_core import Claim, Engine, LeaseLostError, StepContext, Task, Workflow
 from salvador_core.backends.memory import MemoryBackend, _Lease
-from salvador_core.testing import BackendConformance, QueueChecks, StoreChecks
+from salvador_core.testing import BackendConformance, EngineChecks, QueueChecks, StoreChecks
 from salvador_core.testing.hooks import MemoryHooks
 
 
@@ -301,3 +301,135 @@ async def test_a_check_needing_a_second_instance_says_how_to_provide_one() -> No
 def test_the_suite_has_at_least_40_checks() -> None:
     checks = [name for name in dir(BackendConformance) if name.startswith("test_")]
     assert len(checks) >= 40, checks
+
+
+# -- a timed-out wait says where the task is stuck -------------------------------------------
+
+
+class ExpiredLeasesVanish(MemoryBackend):
+    """Drops a lease that expired instead of making its task claimable again: the task of a
+    worker that died is never run again."""
+
+    def _reap(self, workflow: str, now: float) -> None:
+        for task_id, held in list(self._leases.items()):
+            if held.workflow == workflow and held.deadline <= now:
+                del self._leases[task_id]
+        super()._reap(workflow, now)
+
+
+class QuickEngine(MemoryHooks, EngineChecks):
+    """The engine checks, giving up on a task after 1 s instead of 10."""
+
+    async def settled(
+        self, engine: Engine, task_id: str, *, timeout: float = 10.0, what: str | None = None
+    ) -> Task:
+        return await super().settled(engine, task_id, timeout=1.0, what=what)
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_wait_shows_the_state_a_lease_bug_left_the_task_in() -> None:
+    backend = ExpiredLeasesVanish()
+    await backend.open()
+    check = QuickEngine().test_task_whose_worker_died_mid_step_resumes_at_that_step_with_earlier_results
+    with pytest.raises(AssertionError) as failed:
+        await check(backend)
+    message = str(failed.value).splitlines()[0]
+    for seen in (
+        "timed out after 1.0s waiting for task ",
+        "record: status running, step 1/3 done ('b' next), attempt 1, version 2, owner dead-worker",
+        "no run of this engine holds a claim on it",
+        "engine.run() is running",
+    ):
+        assert seen in message, f"{seen!r} missing from: {message}"
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_wait_shows_the_delivery_and_lease_a_run_holds() -> None:
+    suite = QuickEngine()
+    release = asyncio.Event()
+    wf = Workflow("stuck")
+
+    @wf.step()
+    async def hangs(ctx: StepContext) -> None:
+        await release.wait()
+
+    async with MemoryBackend() as backend:
+        engine = suite.engine(backend, wf)
+        task_id = await engine.submit(wf)
+        async with suite.running(engine):
+            with pytest.raises(AssertionError) as failed:
+                await suite.settled(engine, task_id)
+            release.set()
+    message = str(failed.value)
+    for seen in (
+        f"timed out after 1.0s waiting for task {task_id} to finish",
+        "record: status running, step 0/1 done ('hangs' next), attempt 1, version 2, owner ",
+        " holds delivery 1, lease ends in ",
+        "engine.run() is running",
+    ):
+        assert seen in message, f"{seen!r} missing from: {message}"
+
+
+# -- a backend that declares `atomic` but lacks one of the three shortcuts -------------------
+
+
+class TwoShortcutsOnly:
+    """A third-party backend written from docs that listed two atomic shortcuts: submit and
+    requeue, but no settle (the memory backend, with `settle` taken away)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "settle":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+ATOMIC_CHECKS = [
+    "test_submit_stores_and_queues_in_one_step",
+    "test_submit_with_not_before_is_delayed",
+    "test_requeue_is_fenced_and_queues_the_task",
+    "test_settle_writes_and_acks_together",
+    "test_settle_with_stale_version_writes_nothing_and_keeps_the_lease",
+    "test_settle_after_losing_the_lease_still_writes",
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("check", ATOMIC_CHECKS)
+async def test_a_backend_declaring_atomic_without_settle_fails_the_atomic_checks_naming_settle(
+    check: str,
+) -> None:
+    backend = TwoShortcutsOnly()
+    await backend.open()
+    # Caught as BaseException: a skip (what the suite did before) must fail this test too.
+    outcome: BaseException | None = None
+    try:
+        await getattr(Queue(), check)(backend)
+    except BaseException as exc:
+        outcome = exc
+    assert isinstance(outcome, pytest.fail.Exception), (
+        f"{check} ended with {outcome!r}; a backend declaring 'atomic' without settle must fail it"
+    )
+    assert "declares the 'atomic' capability but has no settle" in str(outcome)
+    assert "silently take the split path" in str(outcome)
+
+
+@pytest.mark.asyncio
+async def test_a_backend_with_two_shortcuts_not_declaring_atomic_is_skipped_saying_which_go_unused() -> None:
+    class Undeclared(MemoryHooks, QueueChecks):
+        pass
+
+    backend = TwoShortcutsOnly()
+    await backend.open()
+    with pytest.raises(pytest.skip.Exception, match=r"no settle; .* never calls its submit and requeue"):
+        await Undeclared().test_settle_writes_and_acks_together(backend)
+
+
+@pytest.mark.asyncio
+async def test_the_declared_capabilities_check_names_the_missing_shortcut() -> None:
+    backend = TwoShortcutsOnly()
+    await backend.open()
+    with pytest.raises(AssertionError, match="settle"):
+        await Store().test_declared_capabilities_match_the_backend(backend)

@@ -1,0 +1,57 @@
+"""A backend with some of the atomic shortcuts but not all three is not silently run on the
+split path: the engine says which one is missing.
+
+The engine uses `submit`, `requeue` and `settle` only when a backend has all three
+(`salvador_core.split.compose`); a third-party backend written from docs that listed two of
+them runs today as a split backend, its own `submit` and `requeue` never called, and
+nothing says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from salvador_core import ConfigurationError, Engine
+from salvador_core.backends.memory import MemoryBackend
+from salvador_core.split import SplitBackend
+
+
+class TwoShortcutsOnly:
+    """The memory backend with `settle` taken away: submit and requeue, no settle."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "settle":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_today_such_a_backend_runs_on_the_split_path() -> None:
+    assert isinstance(Engine(TwoShortcutsOnly(), durability="off").backend, SplitBackend)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="salvador_core/split.py or engine.py (not this helper's files): compose() takes the "
+    "split path without a word",
+)
+@pytest.mark.asyncio
+async def test_an_engine_on_a_backend_lacking_one_atomic_shortcut_says_which(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused: Exception | None = None
+    with caplog.at_level(logging.WARNING):
+        try:
+            async with Engine(TwoShortcutsOnly(), durability="off"):
+                pass
+        except (ConfigurationError, TypeError) as exc:
+            refused = exc
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if refused is not None:
+        said.append(str(refused))
+    assert any("settle" in line for line in said), said

@@ -1,0 +1,98 @@
+"""A log line about a backend call that timed out says what timed out, never only
+"(TimeoutError)": a timeout raised by a client library has no message of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+
+import pytest
+
+from salvador_core import Claim, Engine, StepContext, Task, TaskStatus, Workflow
+from salvador_core.backends.memory import MemoryBackend
+from salvador_core.observe import describe
+
+
+class ClaimTimesOutOnce(MemoryBackend):
+    """The first claim fails as a client library's request timeout does."""
+
+    timed_out = False
+
+    async def claim_many(
+        self, workflow: str, limit: int, *, lease: float, wait: float
+    ) -> builtins.list[Claim]:
+        if not self.timed_out:
+            self.timed_out = True
+            raise asyncio.TimeoutError
+        return await super().claim_many(workflow, limit, lease=lease, wait=wait)
+
+
+class UpdateTimesOutOnce(MemoryBackend):
+    """The run's first write (taking ownership) times out; nothing is written."""
+
+    timed_out = False
+
+    async def update(self, task: Task, expected_version: int) -> Task:
+        if not self.timed_out:
+            self.timed_out = True
+            raise asyncio.TimeoutError
+        return await super().update(task, expected_version)
+
+
+def test_describe_says_what_a_bare_timeout_means() -> None:
+    assert describe(TimeoutError()) == "TimeoutError: an operation did not finish in time"
+    assert describe(asyncio.TimeoutError()) == "TimeoutError: an operation did not finish in time"
+    assert describe(TimeoutError("read timed out")) == "TimeoutError: read timed out"
+    assert describe(ValueError("bad")) == "ValueError: bad"
+
+
+@pytest.mark.asyncio
+async def test_a_claim_the_backend_does_not_answer_says_what_timed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task = await _run_one(ClaimTimesOutOnce(), caplog, lease=2.0)
+    assert task.status is TaskStatus.COMPLETED
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("claiming")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("claiming 'quick' failed: the backend did not answer within "), lines
+    assert "(TimeoutError)" not in lines[0], lines
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_backend_write_times_out_says_the_backend_failed_and_what_happens_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    task = await _run_one(UpdateTimesOutOnce(), caplog, lease=0.4)
+    assert task.status is TaskStatus.COMPLETED  # the lease expired and the task ran again
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(
+        ": backend failed (TimeoutError: an operation did not finish in time); its lease will "
+        "expire and it will be retried"
+    ), lines
+
+
+async def _run_one(backend: MemoryBackend, caplog: pytest.LogCaptureFixture, *, lease: float) -> Task:
+    """Run one 1-step task on `backend` with logs captured; the settled task."""
+    wf = Workflow("quick")
+
+    @wf.step()
+    async def only(ctx: StepContext) -> str:
+        return "done"
+
+    engine = Engine(backend, workflows=[wf], lease=lease, poll_interval=0.05, durability="off")
+    with caplog.at_level(logging.INFO, logger="salvador"):
+        async with engine:
+            worker = asyncio.create_task(engine.run(handle_signals=False))
+            task_id = await engine.submit(wf)
+            try:
+                for _ in range(500):
+                    task = await engine.get_task(task_id)
+                    if task is not None and task.status.terminal:
+                        return task
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"task {task_id} did not finish within 5 s: {task}")
+            finally:
+                engine.stop()
+                await asyncio.wait_for(worker, 10)
