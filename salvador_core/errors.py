@@ -19,8 +19,13 @@ SalvadorError
 └── StepCancelledError        the task was cancelled while the step ran
 ```
 
-`retryable` (a class attribute) says whether trying the same thing again later can succeed:
-the engine's claim loop backs off and retries what is retryable. Inside a step, whatever the
+`retryable` (a class attribute) says whether trying the same thing again later can succeed.
+It decides what a worker does when handling a claimed task fails outside the step's code: a
+retryable error (the backend went away; an `OSError` or a timeout counts as one) is logged
+and the task is left to its lease, to be tried again; any other error is a fault to look
+at, recorded as the task's failure (dead letter `internal-error`) if the worker owns the
+task by then, else also left to its lease. The claim loop does not ask: a claim writes no
+record, so after any error it backs off and claims again. Inside a step, whatever the
 step's own code raises, a `SalvadorError` from a call it made included, follows the step's
 `RetryPolicy`; `retryable` does not override the policy. Driver errors (redis-py, sqlite3,
 ...) are mapped to these at each backend's boundary, never passed through raw.
@@ -79,6 +84,7 @@ class LeaseLostError(SalvadorError):
 
     def __init__(self, task_id: str, detail: str = "") -> None:
         self.task_id = task_id
+        self.detail = detail  # how it was lost, as the backend saw it ("it expired", ...)
         super().__init__(
             f"lease on task {task_id} was lost{': ' + detail if detail else ''}; another worker "
             "may own it now. Stop working on it; raise the engine's `lease` if steps are "

@@ -1,10 +1,12 @@
 """The heartbeat of one run: renews its lease and watches for what should stop it.
 
 While a run owns its task, a beat every lease/3 extends the claim and re-reads the record:
-a lost lease or another owner means the run must stop (`on_lost`); a cancel request means
-the running step should stop (`on_cancel`). The heartbeat is a timer that starts a beat
-task only when a beat is due or asked for (`request`, from a step's `ctx.heartbeat()`, any
-thread); a task waiting out the interval for every run cost more than the run's steps.
+a lost lease or another owner means the run must stop (`on_lost`; the cause is kept in
+`lost` for the run to report through its observer, so the heartbeat logs no line of its
+own about it); a cancel request means the running step should stop (`on_cancel`). The
+heartbeat is a timer that starts a beat task only when a beat is due or asked for
+(`request`, from a step's `ctx.heartbeat()`, any thread); a task waiting out the interval
+for every run cost more than the run's steps.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Heartbeat:
         self.on_cancel = on_cancel
         self.log = log
         self.watch_cancel = True  # off while compensating: compensations run despite a cancel
+        self.lost: str | None = None  # why the task is lost to this run, once a beat found it
         self._beat: asyncio.Task[None] | None = None  # the beat in flight
         self._timer: asyncio.TimerHandle | None = None  # when the next beat is due
         self._beating = False  # from start() until finish()/stop() or the task is lost
@@ -115,10 +118,8 @@ class Heartbeat:
         try:
             self.claim = await asyncio.wait_for(self.queue.extend(self.claim, lease=self.lease), interval)
             current = await asyncio.wait_for(self.store.get(self.claim.task_id), interval)
-        except LeaseLostError:
-            if self._beating:
-                self.log.warning("task %s: lease lost; stopping its step", self.claim.task_id)
-            self.on_lost()
+        except LeaseLostError as exc:
+            self._lose(f"its lease could not be renewed ({exc.detail or 'lost'})")
             return False
         except asyncio.TimeoutError:
             if self._beating:
@@ -132,9 +133,16 @@ class Heartbeat:
             if self._beating:
                 self.log.error("task %s: heartbeat failed (%s)", self.claim.task_id, describe(exc))
             return True
-        if current is None or (current.owner is not None and current.owner != self.owner):
-            self.on_lost()
+        if current is None:
+            self._lose("its record is gone (discarded, purged, or lost by the backend)")
+            return False
+        if current.owner is not None and current.owner != self.owner:
+            self._lose(f"another worker owns it now ({current.owner})")
             return False
         if current.cancel_requested and self.watch_cancel:
             self.on_cancel()
         return True
+
+    def _lose(self, cause: str) -> None:
+        self.lost = cause
+        self.on_lost()

@@ -7,16 +7,19 @@ a hook of a user's observer is logged and ignored: observing must never change w
 engine does. The base class's hooks do nothing, so an observer overrides only what it
 needs, and hooks added later break no observer.
 
-Every log record `LoggingObserver` writes about a task carries `task_id`, `workflow`,
-`step` and `attempt` as structured `extra` (for JSON log formatters), and never a body or a
-step result.
+Every log record about a task carries `task_id`, `workflow`, `step` and `attempt` as
+structured `extra` (for JSON log formatters), and never a body or a step result: those
+`LoggingObserver` writes, those a run writes itself (`TaskLog`), and those a step writes
+through `ctx.logger`. Hooks given only a claim log the step and attempt of the run in
+progress (`run_fields`); None where it has none yet (a record it could not read).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from salvador_core.task import Claim, DeadLetter, Task, TaskError, WorkflowStats
 
@@ -118,8 +121,47 @@ def _task_extra(task: Task, step: str | None = None) -> dict[str, Any]:
     }
 
 
+#: The fields of the run in progress in this context (each run sets it for its own asyncio
+#: task), as a function called only when a record is written.
+run_fields: ContextVar[Callable[[], dict[str, Any]] | None] = ContextVar("salvador_run_fields", default=None)
+
+
 def _claim_extra(claim: Claim) -> dict[str, Any]:
+    fields = run_fields.get()
+    if fields is not None:
+        extra = fields()
+        if extra["task_id"] == claim.task_id:
+            return extra
     return {"task_id": claim.task_id, "workflow": claim.workflow, "step": None, "attempt": None}
+
+
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _Adapter = logging.LoggerAdapter  # generic at run time only from Python 3.11
+
+
+class TaskLog(_Adapter):
+    """A logger for records about one task: each carries `task_id`, `workflow`, `step` and
+    `attempt` as `extra`, from `fields()`, called when a record is written (a record below
+    the logger's level costs nothing more). `extra` given with a call is kept beside them."""
+
+    def __init__(
+        self,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        fields: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        if isinstance(logger, logging.LoggerAdapter):
+            # An adapter's own `process` would replace our extra with its own: log through
+            # its logger, with its extra under ours.
+            super().__init__(logger.logger, logger.extra)
+        else:
+            super().__init__(logger, None)
+        self.fields = fields
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {}), **self.fields()}
+        return msg, kwargs
 
 
 def describe(exc: BaseException) -> str:
@@ -216,7 +258,7 @@ class LoggingObserver(Observer):
             error.attempt,
             error.type.rpartition(".")[2],
             error.message,
-            extra=_task_extra(task, error.step),
+            extra={**_task_extra(task, error.step), "attempt": error.attempt},
         )
 
     def released(self, task: Task, *, reason: str) -> None:
@@ -229,7 +271,7 @@ class LoggingObserver(Observer):
 
     def run_failed(self, claim: Claim, error: BaseException, *, recorded: bool) -> None:
         what = (
-            "recorded it as the task's failure"
+            "recorded it as the task's failure (dead letter internal-error)"
             if recorded
             else "its lease will expire and it will be retried"
         )

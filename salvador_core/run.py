@@ -27,7 +27,7 @@ from salvador_core.errors import (
     StepTimeoutError,
 )
 from salvador_core.heartbeat import Heartbeat
-from salvador_core.observe import Observer
+from salvador_core.observe import Observer, TaskLog, run_fields
 from salvador_core.protocols import Backend
 from salvador_core.stepcall import Interrupted, StepCaller, StepFailed, StepThreads
 from salvador_core.task import (
@@ -92,9 +92,9 @@ class Run:
         self.wf = wf
         self.owner = f"{env.worker_id}/{secrets.token_hex(4)}"
         self.task: Task | None = None
-        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
-            env.log, {"task_id": claim.task_id, "workflow": wf.name}
-        )
+        self.step: str | None = None  # the step (or compensation) called last
+        self.recording: TaskError | None = None  # a step failure being written
+        self.log = TaskLog(env.log, self.log_fields)
         self.caller = StepCaller(env.threads, env.observer)
         self.heartbeat = Heartbeat(
             env.backend,
@@ -123,6 +123,17 @@ class Run:
         """Stop the running step (if any) for `reason`; the run then acts on it."""
         self.caller.interrupt(reason)
 
+    def log_fields(self) -> dict[str, Any]:
+        """What every log record about this run's task carries: the step it is at and the
+        attempt as stored (None before the record is read)."""
+        task = self.task
+        return {
+            "task_id": self.heartbeat.claim.task_id,
+            "workflow": self.wf.name,
+            "step": self.step,
+            "attempt": None if task is None else task.attempt,
+        }
+
     def snapshot(self) -> ActiveRun:
         claim = self.claim
         return ActiveRun(claim.task_id, self.wf.name, self.owner, claim, self.caller.stop_reason)
@@ -130,6 +141,7 @@ class Run:
     # -- the outline ---------------------------------------------------------------------------
 
     async def handle(self) -> None:
+        reporting = run_fields.set(self.log_fields)  # for the hooks given only a claim
         try:
             task = await self._load()
             if task is not None:
@@ -146,9 +158,8 @@ class Run:
                 fenced=not gone,
             )
         except LeaseLostError:
-            self.observer.lease_lost(
-                self.claim, detail="another worker owns it now (LeaseLostError)", fenced=False
-            )
+            detail = self.heartbeat.lost or "another worker owns it now (LeaseLostError)"
+            self.observer.lease_lost(self.claim, detail=detail, fenced=False)
         except Exception as exc:
             if getattr(exc, "retryable", False) or isinstance(exc, (OSError, asyncio.TimeoutError)):
                 self.observer.run_failed(self.claim, exc, recorded=False)
@@ -158,6 +169,7 @@ class Run:
             beat = self.heartbeat.stop()
             if beat is not None:
                 await asyncio.gather(beat, return_exceptions=True)
+            run_fields.reset(reporting)
 
     async def _internal_error(self, exc: Exception) -> None:
         """A fault of salvador's own (or a backend's answer it cannot use): report it with
@@ -176,8 +188,22 @@ class Run:
             attempt=task.attempt,
             traceback=cause.traceback,
         )
+        # The step failure that was being written when this happened, if any: kept in the
+        # record's failures, unless it is what the backend refused (then written without it).
+        recording = self.recording
+        attempts = [task] if recording is None else [task.evolve(failures=(*task.failures, recording)), task]
         try:
-            await self._settle(task, TaskStatus.FAILED, error=error, dead_letter=DeadLetter.INTERNAL_ERROR)
+            for i, attempt in enumerate(attempts):
+                try:
+                    await self._settle(
+                        attempt, TaskStatus.FAILED, error=error, dead_letter=DeadLetter.INTERNAL_ERROR
+                    )
+                    break
+                except ConflictError:
+                    raise
+                except Exception:
+                    if i + 1 == len(attempts):
+                        raise
         except Exception as again:
             self.observer.run_failed(self.claim, exc, recorded=False)
             self.log.error(
@@ -339,10 +365,11 @@ class Run:
 
     def _context(self, task: Task, step: str, **extra: Any) -> StepContext:
         self.task = task
+        self.step = step
         return StepContext(
             task,
             step,
-            logger=self.log,
+            logger=self.env.log,
             heartbeat=self.heartbeat.request,
             cancel=self.caller.fresh_flag(),
             **extra,
@@ -367,6 +394,7 @@ class Run:
             task, step.name, compensation=False, seconds=time.perf_counter() - started, error=exc
         )
         error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
+        self.recording = error  # kept by an internal error if writing it fails
         policy = self.wf.retry_for(step)
         if not permanent and policy.should_retry(exc, task.attempt):
             delay = policy.delay(task.attempt)
@@ -415,8 +443,6 @@ class Run:
             else:
                 await self._dead_letter(task, reason, error)
             return
-        if reason is not None:
-            self.observer.dead_lettered(task, reason, error)
         task = await self._write(
             task.evolve(
                 status=TaskStatus.COMPENSATING,
@@ -427,6 +453,8 @@ class Run:
                 attempt=1,
             )
         )
+        if reason is not None:
+            self.observer.dead_lettered(task, reason, error)  # once written, as in _dead_letter
         await self._compensate(task)
 
     async def _compensate(self, task: Task) -> None:
@@ -472,8 +500,13 @@ class Run:
         await self._settle(task, final, error=task.error, dead_letter=_reason(task.dead_letter))
 
     async def _dead_letter(self, task: Task, reason: DeadLetter, error: TaskError) -> None:
-        self.observer.dead_lettered(task, reason, error)
-        await self._settle(task, TaskStatus.FAILED, error=error, dead_letter=reason)
+        """Settle `task` as failed for `reason`, reported once written: if the write fails,
+        the record ends `internal-error` instead, and the log says so, not `reason`."""
+        stored = await self._write(
+            task.evolve(status=TaskStatus.FAILED, error=error, dead_letter=reason, owner=None), final=True
+        )
+        self.observer.dead_lettered(stored, reason, error)
+        self.observer.settled(stored)
 
     async def _settle(
         self,
@@ -506,6 +539,7 @@ class Run:
                 task.evolve(cancel_requested=current.cancel_requested), current.version, final
             )
         self.task = stored
+        self.recording = None  # any step failure being written is in `stored` now
         return stored
 
     async def _cas(self, task: Task, expected_version: int, final: bool) -> Task:

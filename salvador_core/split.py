@@ -19,14 +19,18 @@ the order that keeps every crash safe, and owns the repair of the one gap left:
 reads one page of pending tasks (`page_size`), continuing where the previous call stopped and
 starting over at the end, and enqueues those that never started and have not changed for a
 lease. Its cost per call is bounded whatever the store holds (one `list` of one page, and an
-`enqueue` per never-started task on it); a full pass over N pending tasks takes
-N / `page_size` calls, so a worker (which calls it once per maintenance interval) finds an
-orphan within that many intervals.
+`enqueue` per never-started task on it), as long as the store's `list` reads a page through
+an index. The bound is paid in latency: a full pass over N pending tasks (queued or not)
+takes ceil(N / `page_size`) calls, and a worker, calling it once per upkeep interval, finds
+an orphan within one pass after it is `older_than` old, or two if the cursor went by it while
+it was younger: at most 2 * ceil(N / `page_size`) intervals (bench/split_repair.py measures a
+call; docs/writing-a-backend.md works the figures out).
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +38,8 @@ from typing import Any
 from salvador_core.errors import LeaseLostError
 from salvador_core.protocols import BatchClaims, TaskQueue, TaskStore
 from salvador_core.task import Claim, Page, Task, TaskStatus, utcnow
+
+log = logging.getLogger("salvador")
 
 
 class SplitBackend:
@@ -175,5 +181,19 @@ def compose(store: Any, queue: Any = None) -> Any:
     if queue is None or queue is store:
         if isinstance(store, Backend):
             return store
+        shortcuts = ("submit", "requeue", "settle")
+        missing = [name for name in shortcuts if not callable(getattr(store, name, None))]
+        if len(missing) < len(shortcuts):
+            # One or two of the three: surely meant to be atomic, and it would be used as two
+            # writes each time without a word. (None of them: a plain store and queue.)
+            log.warning(
+                "%s has %s but no %s: the engine uses its atomic shortcuts only when all three "
+                "are there, so it runs on the split path (two writes per step) and never calls "
+                "them; add %s (docs/writing-a-backend.md)",
+                type(store).__name__,
+                " and ".join(n for n in shortcuts if n not in missing),
+                " or ".join(missing),
+                " and ".join(missing),
+            )
         return SplitBackend(store, store)
     return SplitBackend(store, queue)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from salvador_core.observe import TaskLog
 from salvador_core.retry import RetryPolicy
 from salvador_core.task import Task, TaskError
 
@@ -43,20 +44,24 @@ class StepContext:
     charge twice. A compensation gets its own (`{task_id}:{step_name}:compensate`), so an
     API that deduplicates on keys never mistakes the refund for a replay of the charge.
     `heartbeat()` asks the engine to renew the lease now (it also renews it on its own
-    every lease/3). Sync steps poll `cancelled` to stop cooperatively.
+    every lease/3). Sync steps poll `cancelled` to stop cooperatively. Records written
+    through `logger` carry `task_id`, `workflow`, `step` and `attempt` as `extra`, as the
+    engine's own do.
 
     In a compensation, `compensation` is True, `error` is the failure that made the task
     roll back and `result` is the saved result of the step being compensated.
     """
 
-    __slots__ = ("_cancel", "_heartbeat", "compensation", "error", "logger", "result", "step", "task")
+    __slots__ = (
+        "_cancel", "_heartbeat", "_log", "_task_log", "compensation", "error", "result", "step", "task"
+    )
 
     def __init__(
         self,
         task: Task,
         step: str,
         *,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
         heartbeat: Callable[[], None],
         cancel: CancelFlag | threading.Event,
         error: TaskError | None = None,
@@ -66,11 +71,24 @@ class StepContext:
         self.task = task
         self.compensation = compensation
         self.step = step
-        self.logger = logger
+        self._log = logger
+        self._task_log: TaskLog | None = None  # made on first use: most steps never log
         self.error = error
         self.result = result
         self._heartbeat = heartbeat
         self._cancel = cancel
+
+    @property
+    def logger(self) -> TaskLog:
+        """The step's logger: its records carry this task's id and workflow, the step and
+        the attempt."""
+        if self._task_log is None:
+            self._task_log = TaskLog(self._log, self._log_fields)
+        return self._task_log
+
+    def _log_fields(self) -> dict[str, Any]:
+        task = self.task
+        return {"task_id": task.id, "workflow": task.workflow, "step": self.step, "attempt": task.attempt}
 
     @property
     def body(self) -> bytes:

@@ -74,6 +74,7 @@ from salvador_core.task import (
     completion_buckets,
     decode_task,
     encode_task,
+    next_version,
     purge_statuses,
     statuses_of,
     utcnow,
@@ -406,7 +407,7 @@ class PostgresBackend:
     async def update(self, task: Task, expected_version: int) -> Task:
         """Compare-and-set on `version`, one statement (shared with the other checkpoints
         issued in the same turn of the event loop: see coalesce.py)."""
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         outcome = await self._checkpoints.write(_write_args(stored, expected_version))
         _check_write(outcome, task.id, expected_version)
         return stored
@@ -524,7 +525,7 @@ class PostgresBackend:
     @_guarded
     async def quarantine(self, task: Task) -> Task:
         """Overwrite an unreadable record without a version check."""
-        stored = task.evolve(version=task.version + 1, updated_at=utcnow())
+        stored = next_version(task, task.version)
         await self._db().execute(
             self._sql.quarantine, stored.id, stored.workflow, _record(stored), stored.status.value,
             stored.version, stored.updated_at,
@@ -631,7 +632,7 @@ class PostgresBackend:
     async def requeue(self, task: Task, expected_version: int) -> Task:
         """A fenced update and a fresh queue entry in one statement: any lease from before is
         void (its receipt no longer matches) and any old due time replaced."""
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         row = await self._db().fetchrow(
             self._sql.requeue, *_write_args(stored, expected_version), _delay(task.not_before),
             _payload(task.workflow),
@@ -644,7 +645,7 @@ class PostgresBackend:
     async def settle(self, task: Task, expected_version: int, claim: Claim) -> Task:
         """The final fenced write and the ack, one statement (shared with the other settles
         issued in the same turn of the event loop); a lost lease is not an error."""
-        stored = task.evolve(version=expected_version + 1, updated_at=utcnow())
+        stored = next_version(task, expected_version)
         outcome = await self._settles.write((*_write_args(stored, expected_version), claim.receipt))
         _check_write(outcome, task.id, expected_version)
         return stored

@@ -8,6 +8,7 @@ real server. Records are kept encoded, exactly as a server would hold them.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import heapq
 import secrets
@@ -61,6 +62,13 @@ class MemoryBackend:
         self._versions: dict[str, int] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._keys: dict[str, tuple[str, str]] = {}  # task id -> its idempotency key, for delete
+        # The ids of `_records` in ascending order, so that a page of `list` costs a bisect
+        # and the page, not a sort of every id (orphan repair lists a page every upkeep).
+        # Ids begin with their creation time: a new one goes at the end, or a few places
+        # before it. A deleted id stays (skipped) until deleted ones are half the list.
+        self._ids: builtins.list[str] = []
+        self._deleted = 0  # ids in `_ids` no longer in `_records`
+        self._indexed = self._records  # the dict `_ids` indexes (see `_sorted_ids`)
         self._ready: dict[str, deque[str]] = {}
         self._delayed: dict[str, list[tuple[float, str]]] = {}
         self._leases: dict[str, _Lease] = {}
@@ -103,6 +111,11 @@ class MemoryBackend:
             if existing is not None and existing in self._records:
                 return decode_task(self._records[existing], existing)
         stored = task.evolve(version=1)
+        if task.id not in self._records:
+            if self._ids and task.id < self._ids[-1]:
+                bisect.insort(self._ids, task.id)
+            else:
+                self._ids.append(task.id)
         self._records[task.id] = encode_task(stored)
         self._versions[task.id] = 1
         if task.idempotency_key is not None:
@@ -142,11 +155,15 @@ class MemoryBackend:
         self._check_open()
         wanted = statuses_of(status)
         found: list[Task] = []
-        for task_id in sorted(self._records):
-            if cursor is not None and task_id <= cursor:
-                continue
+        ids, records = self._sorted_ids(), self._records
+        start = 0 if cursor is None else bisect.bisect_right(ids, cursor)
+        for i in range(start, len(ids)):
+            task_id = ids[i]
+            raw = records.get(task_id)
+            if raw is None:
+                continue  # deleted
             try:
-                task = decode_task(self._records[task_id], task_id)
+                task = decode_task(raw, task_id)
             except (CorruptRecordError, RecordVersionError):
                 continue  # the protocol: skipped here, dead-lettered (or left) when claimed
             if workflow is not None and task.workflow != workflow:
@@ -166,6 +183,10 @@ class MemoryBackend:
         if raw is None:
             return False
         self._versions.pop(task_id, None)
+        self._deleted += 1
+        if self._deleted * 2 > len(self._ids):
+            self._ids = [i for i in self._ids if i in self._records]
+            self._deleted = 0
         self._drop_from_queue(task_id)
         key = self._keys.pop(task_id, None)
         if key is not None and self._idempotency.get(key) == task_id:
@@ -307,6 +328,15 @@ class MemoryBackend:
         return stored
 
     # -- internals ----------------------------------------------------------------------
+
+    def _sorted_ids(self) -> builtins.list[str]:
+        """`_ids`, rebuilt first if it no longer matches `_records` (a subclass or a test
+        that replaced the records, as the suite's file-backed variants do)."""
+        if self._indexed is not self._records or len(self._ids) - self._deleted != len(self._records):
+            self._ids = sorted(self._records)
+            self._deleted = 0
+            self._indexed = self._records
+        return self._ids
 
     def _schedule(self, workflow: str, task_id: str, delay: float) -> None:
         if delay > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,91 @@ async def test_using_a_backend_before_opening_it_is_the_same_error_everywhere(
         assert await engine.get_task("0" * 32) is None
     with pytest.raises(BackendNotOpenError):
         await engine.submit(wf)
+
+
+# -- UrlOptions: the query-option rules every backend shares ------------------------------------
+
+URL = "acme://user:hunter2@host/db"
+
+
+def options(query: str, **keywords: object) -> config_module.UrlOptions:
+    known = ("name", "verbose", "pool", "timeout", "mode")
+    return config_module.UrlOptions(URL, query, keywords, known=known, kind="acme")
+
+
+def test_url_options_convert_text_flags_counts_and_seconds() -> None:
+    given = options("name=a%20b&verbose=yes&pool=4&timeout=2.5&mode=FAST")
+    assert given.text("name", "x") == "a b"
+    assert given.flag("verbose", False) is True
+    assert given.count("pool", 1) == 4
+    assert given.seconds("timeout", None) == 2.5
+    assert given.choice("mode", "slow", ["slow", "fast"]) == "fast"
+    assert "pool" in given
+    assert "missing" not in given
+
+
+def test_url_options_fall_back_to_defaults() -> None:
+    given = options("")
+    assert given.text("name", "x") == "x"
+    assert given.flag("verbose", False) is False
+    assert given.count("pool", 10) == 10
+    assert given.seconds("timeout", None) is None
+    assert given.seconds("timeout", 3.0) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False), ("off", False), ("", False)],
+)
+def test_url_option_flags_read_the_usual_spellings(text: str, value: bool) -> None:
+    assert options(f"verbose={text}").flag("verbose", not value) is value
+
+
+def test_keyword_options_join_the_url_options_with_their_own_types() -> None:
+    given = options("name=a", pool=8, verbose=True, timeout=0.5)
+    assert given.text("name", "x") == "a"
+    assert given.count("pool", 1) == 8
+    assert given.flag("verbose", False) is True
+    assert given.seconds("timeout", None) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("query", "keywords", "message"),
+    [
+        ("pool=1&pool=2", {}, "option 'pool' is given twice"),
+        ("pool=1", {"pool": 2}, "option 'pool' is given both in the URL and as a keyword; give it once"),
+        ("colour=red", {}, r"unknown option\(s\) \['colour'\]; known: mode, name, pool, timeout, verbose"),
+        ("", {"colour": "red"}, r"unknown option\(s\) \['colour'\]"),
+    ],
+)
+def test_url_options_refuse_repeats_and_unknown_names(
+    query: str, keywords: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        options(query, **keywords)
+    assert str(info.value).startswith("invalid acme URL 'acme://user:***@host/db': ")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("query", "read", "message"),
+    [
+        ("pool=many", lambda o: o.count("pool", 1), "pool must be a whole number, not 'many'"),
+        ("pool=0", lambda o: o.count("pool", 1), "pool must be at least 1, not '0'"),
+        ("timeout=soon", lambda o: o.seconds("timeout", None), "timeout must be a number of seconds, not"),
+        ("timeout=0", lambda o: o.seconds("timeout", None), "number of seconds above 0, not '0'"),
+        ("timeout=-1", lambda o: o.seconds("timeout", None, zero=True), "0 or more, not '-1'"),
+        ("timeout=nan", lambda o: o.seconds("timeout", None), "timeout must be a number of seconds above 0"),
+        ("timeout=inf", lambda o: o.seconds("timeout", None), "timeout must be a number of seconds above 0"),
+        ("verbose=maybe", lambda o: o.flag("verbose", False), "verbose must be true or false, not 'maybe'"),
+        ("mode=warp", lambda o: o.choice("mode", "slow", ["slow", "fast"]), "mode must be one of slow, fast"),
+    ],
+)
+def test_bad_url_option_values_are_refused_naming_the_option(query: str, read: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        read(options(query))
+    assert "acme://user:***@host/db" in str(info.value)
+
+
+def test_zero_seconds_is_accepted_only_where_allowed() -> None:
+    assert options("timeout=0").seconds("timeout", None, zero=True) == 0.0

@@ -35,11 +35,6 @@ def test_today_such_a_backend_runs_on_the_split_path() -> None:
     assert isinstance(Engine(TwoShortcutsOnly(), durability="off").backend, SplitBackend)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="salvador_core/split.py or engine.py (not this helper's files): compose() takes the "
-    "split path without a word",
-)
 @pytest.mark.asyncio
 async def test_an_engine_on_a_backend_lacking_one_atomic_shortcut_says_which(
     caplog: pytest.LogCaptureFixture,
