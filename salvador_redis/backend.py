@@ -437,13 +437,23 @@ class RedisBackend:
         """Queue `task_id` (idempotent); a future `not_before` delays it on the Redis clock."""
         await self._run("enqueue", workflow, task_id, _delay_ms(not_before))
 
-    @_guarded
     async def claim(self, workflow: str, *, lease: float, wait: float) -> Claim | None:
-        """Lease the next ready task. The claim script first runs the reaper (promotes due
-        delayed tasks, re-delivers expired leases, recovers orphans), then pops one id and
-        returns its record too. With nothing ready, the claimer blocks in BLMOVE (woken by
-        the next enqueue, not by polling), bounded by `wait` and by when the reaper next
-        has work; the moved id is then leased by the adopt script."""
+        """Lease the next ready task (`claim_many` with a limit of 1)."""
+        claims = await self.claim_many(workflow, 1, lease=lease, wait=wait)
+        return claims[0] if claims else None
+
+    @_guarded
+    async def claim_many(
+        self, workflow: str, limit: int, *, lease: float, wait: float
+    ) -> builtins.list[Claim]:
+        """Lease up to `limit` ready tasks, oldest first, in one script (BatchClaims), which
+        first runs the reaper (promotes due delayed tasks, re-delivers expired leases,
+        recovers orphans) and returns each record too. With nothing ready, the claimer
+        blocks in BLMOVE (woken by the next enqueue, not by polling), bounded by `wait` and
+        by when the reaper next has work; the one id moved is then leased by the adopt
+        script, and the other slots are filled by the worker's next call."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max(0.0, wait)
         lease_ms = max(1, int(lease * 1000))
@@ -453,12 +463,15 @@ class RedisBackend:
             await self._sweep(workflow)
         while True:
             receipt = secrets.token_hex(8)
-            reply = await self._run("claim", workflow, receipt, lease_ms, grace_ms)
-            if reply[0]:
-                return self._claim(workflow, receipt, reply)
+            reply = await self._run("claim", workflow, receipt, lease_ms, grace_ms, limit)
+            granted = int(reply[0])
+            if granted:
+                return [
+                    self._claim(workflow, receipt, reply[1 + 4 * i : 5 + 4 * i]) for i in range(granted)
+                ]
             remaining = give_up - loop.time()
             if remaining <= 0:
-                return None
+                return []
             reaper_due = int(reply[1]) / 1000
             block = min(remaining, self.max_block, reaper_due if reaper_due >= 0 else math.inf)
             moved = await self._block(workflow, max(block, 0.001))
@@ -466,7 +479,7 @@ class RedisBackend:
                 continue
             reply = await self._run("adopt", workflow, moved, receipt, lease_ms)
             if reply[0]:
-                return self._claim(workflow, receipt, reply)
+                return [self._claim(workflow, receipt, reply)]
 
     @_guarded
     async def extend(self, claim: Claim, *, lease: float) -> Claim:
