@@ -53,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from nats import errors as nx
 from nats.aio.client import Client
@@ -166,8 +166,7 @@ class _Queue:
     claimer: Claimer
 
 
-@dataclass(frozen=True)
-class _Known:
+class _Known(NamedTuple):
     """The last record of a task this process read or wrote: its version, revision, and
     the delivery it names as holder ("" for none)."""
 
@@ -461,7 +460,7 @@ class NatsBackend:
         known = self._revisions.get(task.id)
         lease = self._lease_for(task.id, known.lease if known is not None else "")
         revision = await self.records.write(
-            layout.record_key(layout.check_task_id(task.id)), self._encode(stored), expected=None, lease=lease
+            self._key(task.id), self._encode(stored), expected=None, lease=lease
         )
         self._remember(task.id, stored.version, revision, lease)
         return stored
@@ -597,7 +596,7 @@ class NatsBackend:
 
     async def _read(self, task_id: str) -> Stored | None:
         """The record as stored (bytes, revision, holder), or None if there is none."""
-        found = await self.records.read(layout.record_key(layout.check_task_id(task_id)))
+        found = await self.records.read(self._key(task_id))
         return None if found is None or found.gone else found
 
     async def _readable(self, task_id: str) -> Task | None:
@@ -689,7 +688,7 @@ class NatsBackend:
         """Write `stored` if the record is still at `expected_version` (by KV revision),
         naming `lease` as its holder (None: this process's claim on the task if it holds
         one, else the holder the record names now; "": nobody)."""
-        key = layout.record_key(layout.check_task_id(stored.id))
+        key = self._key(stored.id)
         data = self._encode(stored)
         known = self._revisions.get(stored.id)
         for _ in range(3):
@@ -729,6 +728,13 @@ class NatsBackend:
         it holds one, else the holder the record names now (`current`)."""
         held = self._held.get(task_id)
         return held.reply if held is not None else current
+
+    def _key(self, task_id: str) -> str:
+        """The KV key of `task_id`'s record; ValueError for an id that cannot be one. The
+        ids in `_revisions` passed that check when their record was read or written."""
+        if task_id not in self._revisions:
+            layout.check_task_id(task_id)
+        return layout.record_key(task_id)
 
     def _encode(self, task: Task) -> bytes:
         # Room for the KV subject and headers within the server's max_payload.
@@ -860,11 +866,13 @@ class NatsBackend:
         if not layout.TASK_ID.match(task_id):
             await self.nc.publish(msg.reply, b"+ACK")  # not ours to run: no such task can exist
             return None
-        meta = msg.metadata
-        headers = msg.headers or {}
-        published_for = int(headers[layout.HEADER_VERSION]) if layout.HEADER_VERSION in headers else None
+        seq, deliveries = layout.delivery_of(msg.reply)  # what msg.metadata says, without its datetime
+        if not deliveries:
+            deliveries = msg.metadata.num_delivered
+        version = msg.headers.get(layout.HEADER_VERSION) if msg.headers else None
+        published_for = int(version) if version is not None else None
         found, task = await self._record_for(task_id, published_for)
-        if found is None and published_for is not None and meta.num_delivered == 1:
+        if found is None and published_for is not None and deliveries == 1:
             # Delivered before its publisher's record write landed (publish comes first):
             # that write is most likely in flight, so look again shortly rather than nak.
             for pause in FIRST_LOOK_PAUSES:
@@ -878,13 +886,13 @@ class NatsBackend:
         deadline = sent_at + lease
         if self._superseded(task_id, found, msg.reply) or self.clock() > deadline - LEASE_MARGIN:
             return None
-        if self._held_by_another_message(task_id, task, found, msg.reply):
+        if self._held_by_another_message(task_id, task, found, seq):
             await self.nc.publish(msg.reply, _nak(lease))  # back once that holder's lease could be over
             return None
         if abs(ack_wait - lease) >= 0.001:
             await self.nc.publish(msg.reply, _nak(lease))  # this delivery's timer: `lease`
         self._hold(task_id, _Held(msg.reply, deadline, found.data, found.revision))
-        return Claim(task_id, workflow, f"{found.revision} {msg.reply}", meta.num_delivered, deadline, task)
+        return Claim(task_id, workflow, f"{found.revision} {msg.reply}", deliveries, deadline, task)
 
     async def _record_for(self, task_id: str, published_for: int | None) -> tuple[Stored | None, Task | None]:
         """The record of a delivered task and the task in it (None if it cannot be decoded:
@@ -922,13 +930,13 @@ class NatsBackend:
         left = grace - served if served < grace else grace - age
         await self.nc.publish(msg.reply, _nak(_backoff(meta.num_delivered, left)))
 
-    def _held_by_another_message(self, task_id: str, task: Task | None, found: Stored, reply: str) -> bool:
-        """Whether a delivery of another message of this task holds it: the record is
-        running (or compensating) under such a delivery, or this process holds a live claim
-        on it from another message. A later delivery of the *same* message takes over: the
-        server redelivered it, so the earlier delivery's lease is over on the server's clock.
-        No clock of any worker is compared with another's."""
-        seq = layout.delivery_of(reply)[0]
+    def _held_by_another_message(self, task_id: str, task: Task | None, found: Stored, seq: int) -> bool:
+        """Whether a delivery of another message of this task (not of the message at stream
+        sequence `seq`) holds it: the record is running (or compensating) under such a
+        delivery, or this process holds a live claim on it from another message. A later
+        delivery of the *same* message takes over: the server redelivered it, so the earlier
+        delivery's lease is over on the server's clock. No clock of any worker is compared
+        with another's."""
         if (
             task is not None
             and task.status in (TaskStatus.RUNNING, TaskStatus.COMPENSATING)
@@ -944,11 +952,10 @@ class NatsBackend:
     def _superseded(self, task_id: str, found: Stored, reply: str) -> bool:
         """Whether a later delivery of this delivery's message is known (named by the
         record, or held by this process): this one is stale."""
+        if found.lease and found.lease != reply and _holds(found.lease, reply):
+            return True
         local = self._held.get(task_id)
-        return any(
-            holder and _holds(holder, reply) and holder != reply
-            for holder in (found.lease, local.reply if local is not None else "")
-        )
+        return local is not None and local.reply != reply and _holds(local.reply, reply)
 
     def _hold(self, task_id: str, held: _Held) -> None:
         if len(self._held) >= CACHE_LIMIT and task_id not in self._held:
@@ -980,7 +987,7 @@ class NatsBackend:
         any later `ack`, `extend` or `release` of it fails; `LeaseLostError` if it is no
         longer the lease. After this process's own write under the claim, no read is needed."""
         self._check_deadline(claim)
-        key = layout.record_key(layout.check_task_id(claim.task_id))
+        key = self._key(claim.task_id)
         held = self._held.get(claim.task_id)
         if held is not None and held.reply == _receipt(claim)[1] and held.data is not None:
             try:

@@ -13,7 +13,8 @@ is handed back at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -21,7 +22,7 @@ from salvador_core.task import Claim
 from salvador_nats.pulls import Inbox
 
 #: Turns a delivery into a claim (or deals with it and returns None): (msg, lease, sent_at).
-Take = Callable[[Msg, float, float], Awaitable[Claim | None]]
+Take = Callable[[Msg, float, float], Coroutine[Any, Any, Claim | None]]
 
 
 class Claimer:
@@ -59,10 +60,16 @@ class Claimer:
     async def _request(self, batch: int, wait: float) -> tuple[list[Msg], float]:
         """One pull request: the deliveries it brings (up to `batch`) and its send time."""
         pull = await self.inbox.pull(self.next_subject, batch=batch, wait=wait)
+        items = pull.items
         got: list[Msg] = []
         try:
             while len(got) < batch:
-                msg = await asyncio.wait_for(pull.items.get(), wait + 2.0)
+                # A batch mostly arrives in one read: what is there already is taken without
+                # a timer (`wait_for` costs a task and a timer per message).
+                if items.empty():
+                    msg = await asyncio.wait_for(items.get(), wait + 2.0)
+                else:
+                    msg = items.get_nowait()
                 if msg is None:
                     break
                 got.append(msg)
@@ -77,12 +84,17 @@ class Claimer:
         return got, pull.sent_at
 
     async def _take_all(self, got: list[Msg], lease: float, sent_at: float) -> list[Claim]:
-        """Each delivery turned into a claim (or dealt with), together. If that is cancelled
-        or fails for every delivery, every delivery not dealt with is handed back and the
-        claims made are forgotten; deliveries whose turn failed alone are handed back."""
-        works = [asyncio.ensure_future(self.take(msg, lease, sent_at)) for msg in got]
+        """Each delivery turned into a claim (or dealt with), together. If that is cancelled,
+        every delivery not dealt with is handed back and the claims made are forgotten;
+        deliveries whose turn failed are handed back, and if every turn failed, the first
+        failure is raised."""
+        start = asyncio.get_running_loop().create_task
+        works = [start(self._outcome(msg, lease, sent_at)) for msg in got]
         try:
-            outcomes = await asyncio.gather(*works, return_exceptions=True)
+            # In delivery order: the reads went out together and come back in about that
+            # order, so most are done by the time their turn comes (no callback each, as a
+            # gather would schedule).
+            outcomes = [await work for work in works]
         except BaseException:
             for work in works:
                 work.cancel()
@@ -91,9 +103,9 @@ class Claimer:
                 self._undo(msg, work)
             raise
         claims: list[Claim] = []
-        failure: BaseException | None = None
+        failure: Exception | None = None
         for msg, outcome in zip(got, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, Exception):
                 failure = failure or outcome
                 self.inbox.give_back(msg)
             elif outcome is not None:
@@ -102,11 +114,19 @@ class Claimer:
             raise failure
         return claims
 
-    def _undo(self, msg: Msg, work: asyncio.Future[Claim | None]) -> None:
+    async def _outcome(self, msg: Msg, lease: float, sent_at: float) -> Claim | Exception | None:
+        """`take`'s claim for `msg`, or the exception its turn failed with."""
+        try:
+            return await self.take(msg, lease, sent_at)
+        except Exception as exc:
+            return exc
+
+    def _undo(self, msg: Msg, work: asyncio.Future[Claim | Exception | None]) -> None:
         if work.cancelled() or work.exception() is not None:
             self.inbox.give_back(msg)
             return
-        claim = work.result()
-        if claim is not None:
-            self.drop(claim)
+        outcome = work.result()
+        if isinstance(outcome, Claim):
+            self.drop(outcome)
+        if outcome is not None:
             self.inbox.give_back(msg)

@@ -44,6 +44,10 @@ HEADER_VERSION = "Salvador-Version"
 HEADER_DUE = "Salvador-Due"
 #: On a record: the ack subject of the delivery holding the task (absent: nobody holds it).
 HEADER_LEASE = "Salvador-Lease"
+#: On a write: the KV revision the key must still be at (JetStream's own header).
+HEADER_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+#: Every header this package writes.
+HEADERS = frozenset({HEADER_MSG_ID, HEADER_VERSION, HEADER_DUE, HEADER_LEASE, HEADER_EXPECTED_LAST})
 
 
 def token(text: str) -> str:
