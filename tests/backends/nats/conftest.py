@@ -30,7 +30,9 @@ def nats_url() -> str:
 
 @pytest.fixture
 def nats_names(nats_url: str) -> Iterator[tuple[str, str]]:
-    """(stream, bucket) of this test alone; both are deleted afterwards."""
+    """(stream, bucket) of this test alone; both are deleted afterwards, and so are the
+    `<stream>x` and `<bucket>x` a test may open beside them as a probe."""
     stream, bucket = unique_names()
     yield stream, bucket
     delete_stream_and_bucket(nats_url, stream, bucket)
+    delete_stream_and_bucket(nats_url, stream + "x", bucket + "x")
