@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.redis_servers import delete_prefix, redis_server_factory, shared_redis_url, unique
+from tests.helpers.redis_servers import (
+    redis_server_factory,
+    sqlite_or_redis_url,
+)
 
 __all__ = ["redis_server_factory"]  # a fixture, used by name
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cli.db'}"
-        return
-    server = shared_redis_url()
-    prefix = unique("salvador-cli-")
-    yield f"{server}?prefix={prefix}"
-    delete_prefix(server, prefix)
+    with sqlite_or_redis_url(request.param, tmp_path, "cli") as url:
+        yield url

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from salvador_core import Engine, StepContext, TaskStatus, Workflow
-from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
+from tests.helpers.redis_servers import sqlite_or_redis_url
 
 SHORT_LEASE = 0.3
 LONG_LEASE = 3.0
@@ -31,13 +31,8 @@ TASKS = 80
 
 @pytest.fixture(params=["sqlite", "redis"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tasks.db'}"
-        return
-    server = shared_redis_url()
-    prefix = unique("salvador-test-")
-    yield f"{server}?prefix={prefix}"
-    delete_prefix(server, prefix)
+    with sqlite_or_redis_url(request.param, tmp_path, "tasks") as url:
+        yield url
 
 
 def three_steps(ran: Counter[tuple[str, str]], worker: str = "") -> Workflow:

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from salvador_core import Engine, Task, TaskStatus
-from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
+from tests.helpers.redis_servers import sqlite_or_redis_url
 from tests.helpers.worker_app import build
 from tests.helpers.workers import Workers, count_of, wait_for
 
@@ -33,13 +33,8 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def url(request: pytest.FixtureRequest, workdir: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{workdir / 'tasks.db'}"
-        return
-    server = shared_redis_url()
-    prefix = unique("salvador-test-")
-    yield f"{server}?prefix={prefix}"
-    delete_prefix(server, prefix)
+    with sqlite_or_redis_url(request.param, workdir, "tasks") as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.dashboard.app import Seeded, seed, workflows
 from tests.dashboard.servers import Servers
 from tests.helpers.nats_servers import delete_stream_and_bucket, shared_nats_url, unique_names
 from tests.helpers.postgres_servers import drop_schema, shared_postgres_url, unique_schema, with_options
-from tests.helpers.redis_servers import delete_prefix, shared_redis_url, unique
+from tests.helpers.redis_servers import delete_prefix, shared_redis_url, sqlite_or_redis_url, unique
 
 _T = TypeVar("_T")
 
@@ -49,13 +49,8 @@ def in_thread(call: Callable[[], _T]) -> _T:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dashboard.db'}"
-        return
-    server = shared_redis_url()
-    prefix = unique("salvador-dash-")
-    yield f"{server}?prefix={prefix}"
-    delete_prefix(server, prefix)
+    with sqlite_or_redis_url(request.param, tmp_path, "dashboard") as url:
+        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "nats"])

@@ -337,3 +337,18 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys[start : start + 1000])
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def sqlite_or_redis_url(kind: str, directory: Path, name: str) -> Iterator[str]:
+    """A fresh store for one test: "sqlite", a file `<name>.db` in `directory`; "redis", a
+    key prefix of its own on the shared server, deleted afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / f'{name}.db'}"
+        return
+    server = shared_redis_url()
+    prefix = unique(f"salvador-{name}-")
+    try:
+        yield f"{server}?prefix={prefix}"
+    finally:
+        delete_prefix(server, prefix)
