@@ -937,8 +937,9 @@ async def postgres_statements(setup: PostgresSetup, steps: int, tasks: int) -> d
             backend = engine.backend
             assert isinstance(backend, PostgresBackend)
             sql = backend._sql
-            kinds = {sql.claim: "claim", sql.update: "checkpoint", sql.update_many: "checkpoint",
-                     sql.settle: "settle", sql.settle_many: "settle"}
+            kinds = {sql.claim(1 << i): "claim" for i in range(11)}  # every size of claim
+            kinds.update({sql.update: "checkpoint", sql.update_many: "checkpoint",
+                          sql.settle: "settle", sql.settle_many: "settle"})
             db = backend._db()
             for method in ("fetch", "fetchrow", "fetchval", "execute"):
                 send = getattr(db, method)
