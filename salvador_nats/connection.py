@@ -31,7 +31,7 @@ DEFAULT_BUCKET = "salvador"
 #: The URL query options (and `from_url` keyword options) this backend understands.
 OPTIONS = frozenset({
     "stream", "bucket", "replicas", "publish_grace", "duplicate_window", "connect_timeout",
-    "token", "nkey", "creds", "tls_ca", "tls_cert", "tls_key", "tls_verify", "name",
+    "token", "nkey", "creds", "tls_ca", "tls_cert", "tls_key", "tls_verify", "name", "monitor",
 })
 
 
@@ -60,6 +60,9 @@ class NatsSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_verify: bool = True
+    #: The servers' monitoring endpoints (http(s)://host:8222), where the durability
+    #: preflight reads the fsync interval no client request can read (durability.py).
+    monitor: tuple[str, ...] = ()
 
     @classmethod
     def from_url(cls, url: str, options: dict[str, Any]) -> NatsSettings:
@@ -127,6 +130,7 @@ class NatsSettings:
             tls_cert=opts.text("tls_cert", "") or None,
             tls_key=opts.text("tls_key", "") or None,
             tls_verify=opts.flag("tls_verify", True),
+            monitor=tuple(_monitors(opts)),
         )
 
     def connect_options(self) -> dict[str, Any]:
@@ -161,6 +165,19 @@ class NatsSettings:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def _monitors(opts: UrlOptions) -> list[str]:
+    """`monitor`: comma-separated http(s) URLs of the servers' monitoring ports."""
+    urls = [url.strip() for url in opts.text("monitor", "").split(",") if url.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise opts.error(
+                f"monitor: {redact_url(url)!r} is not the http:// or https:// URL of a nats-server "
+                "monitoring port (e.g. monitor=http://nats:8222, comma-separated for several)"
+            )
+    return urls
 
 
 def _name(opts: UrlOptions, option: str, default: str) -> str:

@@ -17,8 +17,9 @@ announced when the client connected, and turns each risk into a `Finding`
 The fsync interval is not visible to a client: neither the connect INFO nor
 `$JS.API.INFO` carries it, and `$SYS.REQ.SERVER.PING.VARZ` answers only the system account,
 which cannot use JetStream. It is read from each server's monitoring endpoint (`/varz`,
-`jetstream.config.sync_interval` and `sync_always` since 2.10) when `$SALVADOR_NATS_MONITOR`
-names them (`http://nats-0:8222,http://nats-1:8222`). Without it, a server older than 2.10 is
+`jetstream.config.sync_interval` and `sync_always` since 2.10) when the URL's `monitor` option
+(or, without it, `$SALVADOR_NATS_MONITOR`) names them
+(`http://nats-0:8222,http://nats-1:8222`). Without it, a server older than 2.10 is
 known to sync every 2 minutes (the interval was fixed until `sync_interval` arrived in 2.10.0),
 and a newer one gets a NOTE. Monitoring endpoints that do not answer are NOTEs too.
 """
@@ -83,7 +84,7 @@ class Part:
 async def nats_findings(js: JetStreamContext, nc: Client, settings: NatsSettings) -> list[Finding]:
     """The findings for the backend's stream, bucket and server(s). Connection errors pass
     through (the backend maps them); a refused stream info is a NOTE."""
-    monitors = monitor_urls()
+    monitors = list(settings.monitor) or monitor_urls()
     found: list[Finding] = []
     for part in (
         Part("stream", settings.stream, "queued and delayed tasks"),
@@ -238,8 +239,8 @@ def sync_findings(release: tuple[int, int, int] | None, jetstream: Mapping[str, 
             f"not checked: a client cannot read the fsync interval of {server}; with the default "
             "(2 minutes) an OS crash or power loss loses up to the last 2 minutes of acknowledged "
             "writes",
-            f"set ${MONITOR_ENV}=http://<server>:8222 (each server's monitoring port) so that "
-            f"salvador check reads it; and {fix}",
+            "add ?monitor=http://<server>:8222 to the URL (each server's monitoring port, "
+            f"comma-separated; or set ${MONITOR_ENV}) so that salvador check reads it; and {fix}",
         )]
     if jetstream.get("sync_always"):
         return []
@@ -258,8 +259,8 @@ def _monitored(url: str, varz: dict[str, Any] | str) -> list[Finding]:
         return [Finding(
             Severity.NOTE, "nats", f"nats monitor {shown} unreadable",
             f"not checked: that server's fsync interval ({varz})",
-            f"make ${MONITOR_ENV} name each server's monitoring port (`http: 8222` in its "
-            "configuration, or -m 8222)",
+            f"make the URL's `monitor` option (or ${MONITOR_ENV}) name each server's monitoring "
+            "port (`http: 8222` in its configuration, or -m 8222)",
         )]
     release = _release(str(varz.get("version", "")))
     name = varz.get("server_name") or shown

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import nats
@@ -168,6 +169,23 @@ async def test_a_configured_sync_interval_is_reported_and_always_is_safe(
         (Severity.WARNING, f"nats bucket {bucket!r} replicas=1"),
     ]
     assert blocking(found) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("version", CONFIGURABLE)
+async def test_the_monitor_url_option_names_the_monitoring_endpoints(
+    nats_servers: ServerFactory, version: str,
+) -> None:
+    """`?monitor=` in the URL, where a setting belongs, instead of an environment variable
+    (still read when the option is absent)."""
+    lazy = nats_servers.server(binary=BINARIES[version], monitor=True, jetstream="sync_interval: 10s")
+    stream, bucket = unique_names()
+    found = await read_findings(lazy.url(stream=stream, bucket=bucket, monitor=lazy.monitor_url))
+    assert kinds(found)[-1] == (Severity.WARNING, "nats-server sync_interval=10s")
+    assert lazy.monitor_url in found[-1].loses
+    refused = re.escape("monitor: 'nats://127.0.0.1:4222' is not the http")
+    with pytest.raises(ConfigurationError, match=refused):
+        NatsBackend.from_url(lazy.url(monitor="nats://127.0.0.1:4222"))
 
 
 @pytest.mark.asyncio
