@@ -6,6 +6,7 @@ a reload."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -253,19 +254,22 @@ def test_dashboard_mounted_inside_another_app(page: Any, servers: Servers, sqlit
 
 @pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
 def test_screenshots_of_overview_and_task_page(page: Any, servers: Servers, backend_url: str,
-                                               seeded: Seeded) -> None:
-    """Written to docs/images/ for docs/dashboard.md."""
+                                               seeded: Seeded, tmp_path: Path) -> None:
+    """The screenshots of docs/dashboard.md: written to docs/images/ with
+    SALVADOR_UPDATE_SCREENSHOTS=1, else to a temporary folder (so a test run leaves the
+    working tree as it was)."""
     server = servers.dashboard(backend_url, "--show-payloads")
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    images = IMAGES if os.environ.get("SALVADOR_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    images.mkdir(parents=True, exist_ok=True)
     page.goto(server.url + "/")
-    overview = IMAGES / "dashboard-overview.png"
+    overview = images / "dashboard-overview.png"
     page.screenshot(path=str(overview), full_page=True)
     page.goto(server.url + "/tasks?" + urlencode({"workflow": "dash-ok", "from": "1h"}))
-    tasks = IMAGES / "dashboard-tasks.png"
+    tasks = images / "dashboard-tasks.png"
     page.screenshot(path=str(tasks), full_page=True)
     page.goto(f"{server.url}/tasks/{seeded.failed}")
     page.locator("table.steps summary").first.click()
-    task_page = IMAGES / "dashboard-task.png"
+    task_page = images / "dashboard-task.png"
     page.screenshot(path=str(task_page), full_page=True)
     for image in (overview, tasks, task_page):
         assert Path(image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
