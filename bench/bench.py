@@ -29,7 +29,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from _shared import POSTGRES_URL, drop_schema
 
 from salvador_core import ConfigurationError, Engine, StepContext, Task, TaskStatus, Workflow
 
@@ -40,9 +42,8 @@ CONCURRENCIES = (1, 10, 100)
 #: The Redis server the bench uses; a unique key prefix per run keeps it apart from
 #: anything else on the server, and every key it wrote is deleted afterwards.
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-#: The PostgreSQL server the bench uses ($SALVADOR_BENCH_POSTGRES_URL); each run gets a schema
-#: of its own, dropped afterwards.
-POSTGRES_URL = os.environ.get("SALVADOR_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_M = TypeVar("_M")  # what a counting pass marks its phases with
+
 #: Longest the bench waits for one phase before it reports the run as failed.
 PHASE_TIMEOUT = 120.0
 
@@ -602,22 +603,34 @@ async def redis_round_trips(setup: RedisSetup, tasks: int) -> RedisCounts:
         async with setup.fresh_url() as url:
             engine = Engine.from_url(url, workflows=[wf], concurrency=100)
             async with engine:
-                before = await _redis_mark(setup.client)
-                ids = await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
-                mid = await _redis_mark(setup.client)
-                done.target = tasks
-                worker = asyncio.create_task(engine.run(handle_signals=False))
-                try:
-                    await _unless_worker_dies(done.all_done.wait(), worker)
-                    await asyncio.sleep(0.2)  # the last final writes, issued after the last step
-                    after = await _redis_mark(setup.client)
-                    await fetch_all(engine, ids)
-                finally:
-                    engine.stop()
-                    await worker
+                before, mid, after = await submit_then_drain(
+                    engine, wf, done, tasks, lambda: _redis_mark(setup.client)
+                )
     finally:
         CLIENT_COUNTER.uninstall()
     return _redis_counts(before, mid, after, tasks)
+
+
+async def submit_then_drain(
+    engine: Engine, wf: Workflow, done: Completions, tasks: int, mark: Callable[[], Awaitable[_M]]
+) -> tuple[_M, _M, _M]:
+    """The counting passes' workload: `mark()` before `tasks` tasks of `wf` are submitted
+    (100 producers), after, and once one worker has run them all (and the last final
+    writes, issued after the last step, have gone out)."""
+    before = await mark()
+    ids = await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
+    mid = await mark()
+    done.target = tasks
+    worker = asyncio.create_task(engine.run(handle_signals=False))
+    try:
+        await _unless_worker_dies(done.all_done.wait(), worker)
+        await asyncio.sleep(0.2)
+        after = await mark()
+        await fetch_all(engine, ids)
+    finally:
+        engine.stop()
+        await worker
+    return before, mid, after
 
 
 async def _unless_worker_dies(waiting: Awaitable[Any], worker: asyncio.Task[None]) -> None:
@@ -792,20 +805,10 @@ class PostgresSetup(BackendSetup):
         try:
             yield f"{POSTGRES_URL}?schema={schema}"
         finally:
-            await _drop_schema(schema)
+            await drop_schema(schema)
 
     def describe(self) -> str:
         return f"PostgreSQL {self.version} at {POSTGRES_URL} (asyncpg, a schema per run, default settings)"
-
-
-async def _drop_schema(schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def _rate(seconds: float, loops: int, op: Callable[[int], Awaitable[Any]]) -> float:
@@ -915,7 +918,7 @@ async def postgres_depth(depths: list[int], seconds: float, rounds: int = 5) -> 
     finally:
         for depth, backend in backends.items():
             await backend.close()
-            await _drop_schema(f"salvador_depth_{os.getpid()}_{depth}")
+            await drop_schema(f"salvador_depth_{os.getpid()}_{depth}")
     return {depth: percentile(rates, 0.5) for depth, rates in windows.items()}
 
 
@@ -949,19 +952,14 @@ async def postgres_statements(setup: PostgresSetup, steps: int, tasks: int) -> d
                     return await send(statement, *args)
 
                 setattr(db, method, counted)
-            await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
-            submit = sum(counts.values()) / tasks
-            counts.clear()
-            done.target = tasks
-            worker = asyncio.create_task(engine.run(handle_signals=False))
-            try:
-                await _unless_worker_dies(done.all_done.wait(), worker)
-                await asyncio.sleep(0.2)  # the last final writes, issued after the last step
-                ran = Counter(counts)
-            finally:
-                engine.stop()
-                await worker
+            before, mid, after = await submit_then_drain(engine, wf, done, tasks, lambda: _snapshot(counts))
+    submit = sum((mid - before).values()) / tasks
+    ran = after - mid
     return {"submit": submit, **{k: ran[k] / tasks for k in ("claim", "checkpoint", "settle", "other")}}
+
+
+async def _snapshot(counts: Counter[str]) -> Counter[str]:
+    return Counter(counts)
 
 
 async def one_step_rows(setup: BackendSetup, plan: Plan, rows: list[Row]) -> bool:
@@ -1166,20 +1164,13 @@ async def nats_requests(setup: NatsSetup, steps: int, tasks: int) -> dict[str, f
         async with setup.fresh_url() as url:
             engine = Engine.from_url(url, workflows=[wf], concurrency=100)
             async with engine:
-                await asyncio.wait_for(submit_all(engine, wf.name, tasks, 100), PHASE_TIMEOUT)
-                submit = counts["requests"] / tasks
-                counts.clear()
-                done.target = tasks
-                worker = asyncio.create_task(engine.run(handle_signals=False))
-                try:
-                    await _unless_worker_dies(done.all_done.wait(), worker)
-                    await asyncio.sleep(0.2)  # the last final writes, issued after the last step
-                    ran = Counter(counts)
-                finally:
-                    engine.stop()
-                    await worker
+                before, mid, after = await submit_then_drain(
+                    engine, wf, done, tasks, lambda: _snapshot(counts)
+                )
     finally:
         Inbox.request, Inbox.pull, Client.publish = request, pull, publish  # type: ignore[method-assign]
+    submit = (mid["requests"] - before["requests"]) / tasks
+    ran = after - mid
     return {"submit": submit, **{k: ran[k] / tasks for k in ("requests", "pulls", "acks")}}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _shared import POSTGRES_URL, drop_schema, insert_in_batches
 
 from salvador_core.dashboard import create_app
 from salvador_core.engine import Engine
@@ -49,7 +50,6 @@ from salvador_core.task import (
 
 ALL_BACKENDS = ("sqlite", "redis", "postgres")
 REDIS_URL = os.environ.get("SALVADOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get("SALVADOR_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 #: The budget the overview has to stay within (issue 17).
 BUDGET_MS = 200.0
 
@@ -150,16 +150,14 @@ async def fill_sqlite(path: Path, tasks: Iterator[tuple[Task, bool]], filled: Fi
             "INSERT INTO tasks (id, workflow, record, status, version, updated_at, q_workflow, q_due) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        batch: list[tuple[Any, ...]] = []
-        for task, queued in tasks:
-            _tally(filled, task, hour_ago)
-            due = (task.not_before or task.created_at).timestamp() if queued else None
-            batch.append((task.id, task.workflow, encode_task(task), task.status.value, task.version,
-                          task.updated_at.timestamp(), task.workflow if queued else None, due))
-            if len(batch) == 10_000:
-                conn.executemany(insert, batch)
-                batch.clear()
-        conn.executemany(insert, batch)
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for task, queued in tasks:
+                _tally(filled, task, hour_ago)
+                due = (task.not_before or task.created_at).timestamp() if queued else None
+                yield (task.id, task.workflow, encode_task(task), task.status.value, task.version,
+                       task.updated_at.timestamp(), task.workflow if queued else None, due)
+
+        insert_in_batches(conn, insert, rows())
         conn.execute("COMMIT")
         conn.close()
 
@@ -263,7 +261,7 @@ async def fresh_store(name: str, scratch: Path) -> AsyncIterator[str]:
     try:
         yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={tag}"
     finally:
-        await _drop_schema(tag)
+        await drop_schema(tag)
 
 
 async def _delete_redis_prefix(prefix: str) -> None:
@@ -281,16 +279,6 @@ async def _delete_redis_prefix(prefix: str) -> None:
             await client.unlink(*batch)
     finally:
         await client.aclose()
-
-
-async def _drop_schema(schema: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def measure(name: str, url: str, count: int, days: float, requests: int, seed: int) -> Result:

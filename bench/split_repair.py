@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _shared import insert_in_batches
+
 from salvador_core.backends.memory import MemoryBackend
 from salvador_core.backends.sqlite import SQLiteBackend
 from salvador_core.split import SplitBackend, compose
@@ -56,14 +58,11 @@ async def fill_sqlite(path: Path, count: int) -> SQLiteBackend:
         insert = (
             "INSERT INTO tasks (id, workflow, record, status, version, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
-        batch: list[tuple[Any, ...]] = []
-        for task in pending_tasks(count):
-            batch.append((task.id, task.workflow, encode_task(task), task.status.value, task.version,
-                          task.updated_at.timestamp()))
-            if len(batch) == 10_000:
-                conn.executemany(insert, batch)
-                batch.clear()
-        conn.executemany(insert, batch)
+        insert_in_batches(conn, insert, (
+            (task.id, task.workflow, encode_task(task), task.status.value, task.version,
+             task.updated_at.timestamp())
+            for task in pending_tasks(count)
+        ))
         conn.execute("COMMIT")
         conn.close()
 
