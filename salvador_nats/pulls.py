@@ -23,7 +23,6 @@ its AckWait clock.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import time
@@ -236,34 +235,43 @@ async def publish(
     draining or closed: `publish` buffers or refuses), and for whatever `publish` would
     refuse or rewrite (a bad subject, a payload over the server's limit, another header
     name, a value with a line break)."""
-    send = getattr(nc, "_send_command", None)
-    flush = getattr(nc, "_flush_pending", None)
     flush_queue = getattr(nc, "_flush_queue", None)
     usable = nc.is_connected and not nc.is_draining and len(payload) <= nc.max_payload
-    if usable and send is not None and flush is not None and flush_queue is not None and _lean(send, flush):
+    if usable and flush_queue is not None and _lean(type(nc)):
         command = _command(subject, reply, payload, headers)
         if command is not None:
             nc.stats["out_msgs"] += 1
             nc.stats["out_bytes"] += len(payload)
-            await send(command)
+            await nc._send_command(command)
             if flush_queue.empty():
-                await flush()  # wake the client's writer, as `publish` does
+                await nc._flush_pending()  # wake the client's writer, as `publish` does
             return
     await nc.publish(subject, payload, reply=reply, headers=headers)
 
 
-@functools.lru_cache(maxsize=8)
-def _lean(send: Any, flush: Any) -> bool:
-    """Whether the client's internals still have the shape `publish` relies on (coroutine
-    functions; `_send_command(command, priority=False)`): a nats-py release that changes
-    them gets the plain `nc.publish` path, not a broken one."""
-    if send is None or flush is None:
-        return False
+#: `_lean`'s answer per client class.
+_LEAN: dict[type, bool] = {}
+
+
+def _lean(client_class: type) -> bool:
+    """Whether the client class's internals still have the shape `publish` relies on
+    (coroutine functions; `_send_command(self, command, priority=False)`,
+    `_flush_pending(self)`): a nats-py release that changes them gets the plain
+    `nc.publish` path, not a broken one. Asked once per class."""
+    known = _LEAN.get(client_class)
+    if known is None:
+        known = _LEAN[client_class] = _has_lean_shape(client_class)
+    return known
+
+
+def _has_lean_shape(client_class: type) -> bool:
+    send = getattr(client_class, "_send_command", None)
+    flush = getattr(client_class, "_flush_pending", None)
     if not (inspect.iscoroutinefunction(send) and inspect.iscoroutinefunction(flush)):
         return False
     try:
-        inspect.signature(send).bind(b"")
-        inspect.signature(flush).bind()
+        inspect.signature(send).bind(None, b"")
+        inspect.signature(flush).bind(None)
     except (TypeError, ValueError):
         return False
     return True
