@@ -260,9 +260,13 @@ def _install_signal_handlers(
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop)
-        except (NotImplementedError, RuntimeError):
-            # No signal handling on this loop (Windows' proactor loop, a loop that is not
-            # the main thread's): run() is then stopped by stop() or by cancelling it.
+        except (NotImplementedError, RuntimeError) as exc:
+            # No signal handling on this loop: NotImplementedError on Windows' proactor
+            # loop, RuntimeError from a closed loop or one whose signals another part of
+            # the process owns. run() is then stopped by stop() or by cancelling it.
+            logging.getLogger("salvador").debug(
+                "run(): %s is not handled on this loop (%s); stop() stops it", sig.name, describe(exc)
+            )
             continue
         installed.append(sig)
     return installed
