@@ -14,6 +14,7 @@ import pytest
 
 from salvador_core import Claim, Engine, StepContext, Task, TaskStatus, Workflow
 from salvador_core.backends.memory import MemoryBackend
+from tests.helpers.engines import settled
 
 LEASE = 0.6  # a beat every 0.2 s
 
@@ -78,7 +79,7 @@ async def test_a_beat_that_finds_the_lease_ended_by_the_final_write_logs_no_leas
             worker = asyncio.create_task(engine.run(handle_signals=False))
             task_id = await engine.submit(wf)
             await asyncio.wait_for(backend.beat_answered.wait(), 5)
-            task = await _settled(engine, task_id)
+            task = await settled(engine, task_id)
             engine.stop()
             await asyncio.wait_for(worker, 10)
 
@@ -113,7 +114,7 @@ async def test_a_heartbeat_the_backend_does_not_answer_says_what_timed_out(
         async with engine:
             worker = asyncio.create_task(engine.run(handle_signals=False))
             task_id = await engine.submit(wf)
-            await _settled(engine, task_id)
+            await settled(engine, task_id)
             engine.stop()
             await asyncio.wait_for(worker, 10)
 
@@ -123,10 +124,3 @@ async def test_a_heartbeat_the_backend_does_not_answer_says_what_timed_out(
     assert not any(line.endswith("(TimeoutError)") for line in lines), lines
 
 
-async def _settled(engine: Engine, task_id: str) -> Task:
-    for _ in range(500):
-        task = await engine.get_task(task_id)
-        if task is not None and task.status.terminal:
-            return task
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"task {task_id} did not finish within 5 s: {await engine.get_task(task_id)}")

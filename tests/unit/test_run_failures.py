@@ -16,6 +16,7 @@ import pytest
 
 from salvador_core import NO_RETRY, Claim, Engine, StepContext, Task, TaskStatus, Workflow
 from salvador_core.backends.memory import MemoryBackend
+from tests.helpers.engines import settled
 
 
 class RefusesTheFirstFailureRecord(MemoryBackend):
@@ -86,13 +87,9 @@ async def _fail_one_step(
             worker = asyncio.create_task(engine.run(handle_signals=False))
             task_id = await engine.submit(wf)
             try:
-                for _ in range(500):
-                    task = await engine.get_task(task_id)
-                    if task is not None and task.status.terminal:
-                        await asyncio.sleep(0.7)  # a lease: a wrongly retried task would run again
-                        return task, calls
-                    await asyncio.sleep(0.01)
-                raise AssertionError(f"task {task_id} did not finish within 5 s: {task}")
+                task = await settled(engine, task_id)
+                await asyncio.sleep(0.7)  # a lease: a wrongly retried task would run again
+                return task, calls
             finally:
                 engine.stop()
                 await asyncio.wait_for(worker, 10)

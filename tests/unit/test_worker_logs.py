@@ -12,6 +12,7 @@ import pytest
 from salvador_core import Claim, Engine, StepContext, Task, TaskStatus, Workflow
 from salvador_core.backends.memory import MemoryBackend
 from salvador_core.observe import describe
+from tests.helpers.engines import settled
 
 
 class ClaimTimesOutOnce(MemoryBackend):
@@ -87,12 +88,7 @@ async def _run_one(backend: MemoryBackend, caplog: pytest.LogCaptureFixture, *, 
             worker = asyncio.create_task(engine.run(handle_signals=False))
             task_id = await engine.submit(wf)
             try:
-                for _ in range(500):
-                    task = await engine.get_task(task_id)
-                    if task is not None and task.status.terminal:
-                        return task
-                    await asyncio.sleep(0.01)
-                raise AssertionError(f"task {task_id} did not finish within 5 s: {task}")
+                return await settled(engine, task_id)
             finally:
                 engine.stop()
                 await asyncio.wait_for(worker, 10)

@@ -570,7 +570,8 @@ async def test_cached_plans_of_batch_statements_never_scan_the_whole_table(
 ) -> None:
     """A prepared statement may run on PostgreSQL's generic plan, made without the
     parameters' values: it must find rows by index however deep the queue is (with the
-    claim's limit a parameter, a join would be planned for a tenth of the queue)."""
+    claim's limit a parameter, `LIMIT $4`, the plan was made for a tenth of the queue: a
+    scan of the whole table where index lookups are priced high)."""
     async with PostgresBackend.from_url(pg_url) as backend:
         conn = await server_conn(pg_url)
         try:
