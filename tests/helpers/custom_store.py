@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from salvador_core import (
     Claim,
@@ -27,6 +28,7 @@ from salvador_core import (
     decode_task,
     encode_task,
 )
+from salvador_core.backends.memory import MemoryBackend
 
 TERMINAL = {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.COMPENSATED}
 
@@ -199,3 +201,16 @@ class DictBackend:
         entry = self.queue.get(task_id)
         if entry is not None and entry.receipt is not None:
             entry.due = 0.0
+
+
+class TwoShortcutsOnly:
+    """A third-party backend written from docs that listed two atomic shortcuts: submit and
+    requeue, but no settle (the memory backend, with `settle` taken away)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "settle":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

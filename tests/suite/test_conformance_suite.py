@@ -19,6 +19,7 @@ from salvador_core import Claim, Engine, LeaseLostError, StepContext, Task, Work
 from salvador_core.backends.memory import MemoryBackend, _Lease
 from salvador_core.testing import BackendConformance, EngineChecks, QueueChecks, StoreChecks
 from salvador_core.testing.hooks import MemoryHooks
+from tests.helpers.custom_store import TwoShortcutsOnly
 
 
 def test_a_subclass_cannot_override_a_check() -> None:
@@ -373,17 +374,6 @@ async def test_a_timed_out_wait_shows_the_delivery_and_lease_a_run_holds() -> No
 # -- a backend that declares `atomic` but lacks one of the three shortcuts -------------------
 
 
-class TwoShortcutsOnly:
-    """A third-party backend written from docs that listed two atomic shortcuts: submit and
-    requeue, but no settle (the memory backend, with `settle` taken away)."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryBackend()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "settle":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 ATOMIC_CHECKS = [

@@ -3,32 +3,19 @@ split path: the engine says which one is missing.
 
 The engine uses `submit`, `requeue` and `settle` only when a backend has all three
 (`salvador_core.split.compose`); a third-party backend written from docs that listed two of
-them runs today as a split backend, its own `submit` and `requeue` never called, and
-nothing says so.
+them runs as a split backend, its own `submit` and `requeue` never called; the engine
+warns, naming the missing one.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 
 from salvador_core import ConfigurationError, Engine
-from salvador_core.backends.memory import MemoryBackend
 from salvador_core.split import SplitBackend
-
-
-class TwoShortcutsOnly:
-    """The memory backend with `settle` taken away: submit and requeue, no settle."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryBackend()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "settle":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+from tests.helpers.custom_store import TwoShortcutsOnly
 
 
 def test_today_such_a_backend_runs_on_the_split_path() -> None:
