@@ -302,6 +302,20 @@ class LoggingObserver(Observer):
         )
 
 
+def watches_steps(observer: Observer) -> bool:
+    """Whether `observer` does anything with `step_started`/`step_finished` of a step that is
+    not a compensation; a run that is told no neither times its steps nor calls those hooks.
+    No for hooks left as the base class's no-ops, and for the `LoggingObserver` while its
+    logger is below DEBUG (it logs those only at DEBUG). Asked once per run: a change of log
+    level shows from the next run on."""
+    if type(observer) is LoggingObserver:
+        return observer.log.isEnabledFor(logging.DEBUG)
+    if isinstance(observer, Observers):
+        return any(watches_steps(o) for o in observer.observers)
+    cls = type(observer)
+    return cls.step_started is not Observer.step_started or cls.step_finished is not Observer.step_finished
+
+
 class Observers(Observer):
     """Several observers as one. A hook that raises is logged and the others still run."""
 

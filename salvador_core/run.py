@@ -27,7 +27,7 @@ from salvador_core.errors import (
     StepTimeoutError,
 )
 from salvador_core.heartbeat import Heartbeat
-from salvador_core.observe import Observer, TaskLog, run_fields
+from salvador_core.observe import Observer, TaskLog, run_fields, watches_steps
 from salvador_core.protocols import Backend
 from salvador_core.stepcall import Interrupted, StepCaller, StepFailed, StepThreads
 from salvador_core.task import (
@@ -115,7 +115,7 @@ class Run:
 
     def start(self) -> asyncio.Task[None]:
         """Handle the claim in a task of its own; returns it."""
-        handler = asyncio.ensure_future(self.handle())
+        handler = asyncio.get_running_loop().create_task(self.handle())
         self.caller.handler = handler
         return handler
 
@@ -312,19 +312,24 @@ class Run:
             await self._run_steps(task)
 
     async def _run_steps(self, task: Task) -> None:
-        wf, observer = self.wf, self.observer
+        wf, observer, caller = self.wf, self.observer, self.caller
+        # Steps are timed and reported only to an observer that does something with them.
+        watched = watches_steps(observer)
+        started: float | None = None
         while True:
             step = wf.steps[task.step]
             ctx = self._context(task, step.name)
-            observer.step_started(task, step.name, compensation=False)
-            started = time.perf_counter()
+            if watched:
+                observer.step_started(task, step.name, compensation=False)
+                started = time.perf_counter()
             try:
-                value = await self.caller.call(step.fn, ctx, wf.timeout_for(step))
+                value = await caller.call(step.fn, ctx, wf.timeout_for(step), step.fn_is_async)
                 result = self._checked_result(step, value)
             except Interrupted as stop:
-                observer.step_finished(
-                    task, step.name, compensation=False, seconds=time.perf_counter() - started, error=stop
-                )
+                if started is not None:
+                    observer.step_finished(
+                        task, step.name, compensation=False, seconds=time.perf_counter() - started, error=stop
+                    )
                 await self._interrupted(task, stop.reason)
                 return
             except StepFailed as failed:
@@ -338,9 +343,10 @@ class Run:
                 # again on every attempt.
                 await self._step_failed(task, step, exc, started, permanent=True)
                 return
-            observer.step_finished(
-                task, step.name, compensation=False, seconds=time.perf_counter() - started, error=None
-            )
+            if started is not None:
+                observer.step_finished(
+                    task, step.name, compensation=False, seconds=time.perf_counter() - started, error=None
+                )
             last = task.step + 1 == len(wf.steps)
             task = await self._write(
                 final=last,
@@ -385,14 +391,16 @@ class Run:
         return json.loads(data)
 
     async def _step_failed(
-        self, task: Task, step: Step, exc: BaseException, started: float, *, permanent: bool = False
+        self, task: Task, step: Step, exc: BaseException, started: float | None, *, permanent: bool = False
     ) -> None:
         """Record a failed attempt: retry it as the step's policy says, or give up. Whatever
         the step's own code raised (a `SalvadorError` from a call it made included) follows
-        the policy; `permanent` is for what the engine refused and would refuse again."""
-        self.observer.step_finished(
-            task, step.name, compensation=False, seconds=time.perf_counter() - started, error=exc
-        )
+        the policy; `permanent` is for what the engine refused and would refuse again.
+        `started`: when the step was called, None when the observer does not watch steps."""
+        if started is not None:
+            self.observer.step_finished(
+                task, step.name, compensation=False, seconds=time.perf_counter() - started, error=exc
+            )
         error = TaskError.from_exception(exc, step=step.name, attempt=task.attempt)
         self.recording = error  # kept by an internal error if writing it fails
         policy = self.wf.retry_for(step)
@@ -472,7 +480,9 @@ class Run:
             self.observer.step_started(task, step.name, compensation=True)
             started = time.perf_counter()
             try:
-                await self.caller.call(step.compensate, ctx, self.wf.timeout_for(step))
+                await self.caller.call(
+                    step.compensate, ctx, self.wf.timeout_for(step), step.compensate_is_async
+                )
             except Interrupted as stop:
                 self.observer.step_finished(
                     task, step.name, compensation=True, seconds=time.perf_counter() - started, error=stop
@@ -524,31 +534,33 @@ class Run:
     # -- fenced writes -------------------------------------------------------------------------
 
     async def _write(self, task: Task, *, final: bool = False) -> Task:
-        """CAS `task` over the version it was read at; a `final` write also acks the claim.
+        """CAS `task` over the version it was read at; a `final` write also acks the claim,
+        in one round trip where the backend can (or writes alone when the lease was lost;
+        the new holder then acks the terminal task on sight).
 
         A conflict is a takeover unless the stored task still names this run as owner: then
         only a cancel request was written meanwhile, which is merged and the write retried.
         """
+        backend = self.backend
+        if final:
+            self.heartbeat.finish()
         try:
-            stored = await self._cas(task, task.version, final)
+            if final:
+                stored = await backend.settle(task, task.version, self.claim)
+            else:
+                stored = await backend.update(task, task.version)
         except ConflictError:
-            current = await self.backend.get(task.id)
+            current = await backend.get(task.id)
             if current is None or current.owner != self.owner:
                 raise
-            stored = await self._cas(
-                task.evolve(cancel_requested=current.cancel_requested), current.version, final
-            )
+            merged = task.evolve(cancel_requested=current.cancel_requested)
+            if final:
+                stored = await backend.settle(merged, current.version, self.claim)
+            else:
+                stored = await backend.update(merged, current.version)
         self.task = stored
         self.recording = None  # any step failure being written is in `stored` now
         return stored
-
-    async def _cas(self, task: Task, expected_version: int, final: bool) -> Task:
-        if not final:
-            return await self.backend.update(task, expected_version)
-        self.heartbeat.finish()
-        # One round trip where the backend can: it writes and acks together (or writes alone
-        # when the lease was lost; the new holder then acks the terminal task on sight).
-        return await self.backend.settle(task, expected_version, self.claim)
 
     async def _ack(self) -> None:
         try:

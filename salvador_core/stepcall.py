@@ -13,7 +13,7 @@ import inspect
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from salvador_core.errors import StepTimeoutError
 from salvador_core.observe import Observer
@@ -180,12 +180,16 @@ class StepCaller:
             self._cancelled_handler = True
             self.handler.cancel()
 
-    async def call(self, fn: StepFn, ctx: StepContext, timeout: float | None) -> Any:
+    async def call(
+        self, fn: StepFn, ctx: StepContext, timeout: float | None, run_async: bool | None = None
+    ) -> Any:
         """`fn(ctx)`'s value. Raises `StepFailed` (what it raised), `StepTimeoutError`, or
-        `Interrupted`; a CancelledError only when the run itself is being cancelled."""
+        `Interrupted`; a CancelledError only when the run itself is being cancelled.
+        `run_async`: whether `fn` is async, when the caller knows (`Step` does)."""
         if self.stop_reason is not None:
             raise Interrupted(self.stop_reason)
-        run_async = is_async(fn)
+        if run_async is None:
+            run_async = is_async(fn)
         if run_async and not timeout:
             return await self._await_here(fn, ctx)
         if run_async:
@@ -195,7 +199,7 @@ class StepCaller:
         self._future = fut
         try:
             value = await asyncio.wait_for(fut, timeout) if timeout else await fut
-            if inspect.isawaitable(value):
+            if value is not None and inspect.isawaitable(value):
                 value = await value
             return value
         except asyncio.TimeoutError:
@@ -225,8 +229,9 @@ class StepCaller:
     async def _await_here(self, fn: StepFn, ctx: StepContext) -> Any:
         self._in_step = True
         try:
-            value = await cast(Any, fn(ctx))
-            if inspect.isawaitable(value):
+            pending: Any = fn(ctx)
+            value = await pending
+            if value is not None and inspect.isawaitable(value):
                 value = await value
             return value
         except asyncio.CancelledError as exc:
@@ -264,8 +269,9 @@ async def _contained(fn: StepFn, ctx: StepContext) -> Any:
     """Await an async step in a task of its own, with whatever it raises (but a cancel)
     turned into `StepFailed`: a `SystemExit` leaving a task would stop the event loop."""
     try:
-        value = await cast(Any, fn(ctx))
-        if inspect.isawaitable(value):
+        pending: Any = fn(ctx)
+        value = await pending
+        if value is not None and inspect.isawaitable(value):
             value = await value
         return value
     except asyncio.CancelledError:

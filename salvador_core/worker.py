@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar
 
 from salvador_core.observe import Observer, describe
 from salvador_core.protocols import Backend, BatchClaims, TaskCounts
@@ -33,6 +33,8 @@ from salvador_core.split import SplitBackend
 from salvador_core.stepcall import StepThreads
 from salvador_core.task import Claim
 from salvador_core.workflow import Workflow
+
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 #: How many claim loops one workflow gets at most; more only add idle connections.
 MAX_CLAIMERS_PER_WORKFLOW = 4
@@ -71,7 +73,7 @@ class Worker:
         self._runs: dict[Run, asyncio.Task[None]] = {}
         # Claim loops now waiting for a slot or for a task: stopping cancels them at once.
         self._waiting: set[asyncio.Task[Any]] = set()
-        self._batch = isinstance(backend, BatchClaims)
+        self._batch: BatchClaims | None = backend if isinstance(backend, BatchClaims) else None
         # Outer bound of one claim call: a dead connection must never hang a worker.
         self._claim_timeout = settings.poll_interval + max(5.0, settings.lease / 3)
 
@@ -91,7 +93,7 @@ class Worker:
         claimers: list[asyncio.Task[None]] = []
         for wf in self.workflows.values():
             slots = asyncio.Semaphore(settings.concurrency)
-            loops = BATCH_CLAIMERS_PER_WORKFLOW if self._batch else MAX_CLAIMERS_PER_WORKFLOW
+            loops = BATCH_CLAIMERS_PER_WORKFLOW if self._batch is not None else MAX_CLAIMERS_PER_WORKFLOW
             for _ in range(min(settings.concurrency, loops)):
                 claimers.append(asyncio.create_task(self._claim_loop(wf, slots)))
         upkeep = asyncio.create_task(self._upkeep())
@@ -149,7 +151,7 @@ class Worker:
             held = 1
             # A batch never asks for more tasks than there are slots to run them now: a
             # claimed task never waits out part of its lease for a slot.
-            while self._batch and held < self.settings.concurrency and not slots.locked():
+            while self._batch is not None and held < self.settings.concurrency and not slots.locked():
                 await slots.acquire()  # free: returns at once
                 held += 1
             claims: list[Claim] = []
@@ -182,14 +184,13 @@ class Worker:
         """Up to `limit` claims on `wf`'s tasks: one `claim_many` call when the backend
         offers it, else one `claim`. Bounded by an outer timeout: a dead connection must
         never hang a worker."""
-        settings, backend = self.settings, self.backend
+        settings = self.settings
         lease, wait = settings.lease, settings.poll_interval
-        if self._batch:
-            many = cast(BatchClaims, backend).claim_many(wf.name, limit, lease=lease, wait=wait)
-            return await asyncio.wait_for(many, timeout=self._claim_timeout)
-        claim = await asyncio.wait_for(
-            backend.claim(wf.name, lease=lease, wait=wait), timeout=self._claim_timeout
-        )
+        if self._batch is not None:
+            many = self._batch.claim_many(wf.name, limit, lease=lease, wait=wait)
+            return await _within(self._claim_timeout, many)
+        one = self.backend.claim(wf.name, lease=lease, wait=wait)
+        claim = await _within(self._claim_timeout, one)
         return [] if claim is None else [claim]
 
     async def _claim_failed(self, wf: Workflow, exc: Exception, failures: int) -> None:
@@ -231,6 +232,19 @@ class Worker:
                         self.log.info("retention: purged %d finished task(s)", purged)
             except Exception as exc:
                 self.log.error("maintenance failed (%s); trying again later", describe(exc))
+
+
+T = TypeVar("T")
+
+
+async def _within(seconds: float, call: Awaitable[T]) -> T:
+    """`await call`, raising TimeoutError after `seconds`. On Python 3.11+ the call runs in
+    the awaiting task (`asyncio.timeout`); `wait_for` would wrap it in a task of its own,
+    a large share of a claim's own cost on a fast backend."""
+    if _timeout is None:
+        return await asyncio.wait_for(call, seconds)
+    async with _timeout(seconds):
+        return await call
 
 
 def _backoff(failures: int) -> float:

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from salvador_core.observe import TaskLog
@@ -132,6 +132,16 @@ class Step:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     compensate: StepFn | None = None
+    #: Whether calling `fn` (`compensate`) gives an awaitable: asked once here, not on
+    #: every call of the step.
+    fn_is_async: bool = field(init=False, repr=False, compare=False)
+    compensate_is_async: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fn_is_async", is_async(self.fn))
+        object.__setattr__(
+            self, "compensate_is_async", self.compensate is not None and is_async(self.compensate)
+        )
 
 
 class Workflow:

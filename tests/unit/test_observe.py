@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from salvador_core import Engine, Workflow
-from salvador_core.observe import HOOKS, LoggingObserver, Observer, Observers, combine
+from salvador_core.observe import HOOKS, LoggingObserver, Observer, Observers, combine, watches_steps
 from salvador_core.task import DeadLetter, Task, TaskError, new_task_id
+from tests.helpers.engines import settled
 
 
 class Recorder(Observer):
@@ -104,3 +105,47 @@ def test_log_records_about_a_task_carry_structured_fields_and_no_body(
         assert record.step == "charge"  # type: ignore[attr-defined]
         assert record.attempt == 2  # type: ignore[attr-defined]
         assert "secret-card-number" not in record.getMessage()
+
+
+def test_a_run_times_steps_only_for_an_observer_that_watches_them() -> None:
+    log = logging.getLogger("salvador.test.watch")
+    log.setLevel(logging.INFO)
+    try:
+        assert not watches_steps(Observer())
+        assert not watches_steps(LoggingObserver(log))  # its step lines are DEBUG lines
+        assert watches_steps(Recorder())
+        assert watches_steps(Observers([Observer(), Recorder()]))
+        assert not watches_steps(Observers([Observer(), LoggingObserver(log)]))
+
+        class Finishes(LoggingObserver):  # a subclass may log steps at any level
+            def step_finished(self, task: Task, step: str, **kw: Any) -> None:
+                pass
+
+        assert watches_steps(Finishes(log))
+        log.setLevel(logging.DEBUG)
+        assert watches_steps(LoggingObserver(log))
+    finally:
+        log.setLevel(logging.NOTSET)
+
+
+@pytest.mark.asyncio
+async def test_step_lines_are_logged_at_debug_and_a_failed_step_reports_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fails(ctx: Any) -> None:
+        raise ValueError("no")
+
+    wf = Workflow("debug-steps").step("one", lambda ctx: 1).step("two", fails)
+    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
+    with caplog.at_level(logging.DEBUG, logger="salvador"):
+        async with engine:
+            task_id = await engine.submit(wf)
+            worker = asyncio.create_task(engine.run(handle_signals=False))
+            task = await settled(engine, task_id)
+            engine.stop()
+            await worker
+    assert task.status.value == "failed"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert f"task {task_id}: step 'one' attempt 1 started" in lines
+    assert any(line.startswith(f"task {task_id}: step 'one' attempt 1 returned in ") for line in lines)
+    assert any("step 'two' attempt 1 raised ValueError: no in " in line for line in lines)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 
 from salvador_core.retry import NO_RETRY, RetryPolicy
@@ -60,3 +63,20 @@ def test_duplicate_step_names_and_non_callables_are_refused() -> None:
         wf.step("c", "not a function")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="compensate"):
         wf.step("d", a, compensate=42)  # type: ignore[arg-type]
+
+
+def test_a_step_knows_once_whether_its_functions_are_async() -> None:
+    async def charge(ctx: Any) -> None: ...
+
+    def refund(ctx: Any) -> None: ...
+
+    class AsyncCallable:
+        async def __call__(self, ctx: Any) -> None: ...
+
+    wf = Workflow("kinds").step("a", charge, compensate=refund).step("b", refund).step("c", AsyncCallable())
+    a, b, c = wf.steps
+    assert (a.fn_is_async, a.compensate_is_async) == (True, False)
+    assert (b.fn_is_async, b.compensate_is_async) == (False, False)
+    assert c.fn_is_async
+    assert dataclasses.replace(b, fn=charge).fn_is_async  # recomputed for a changed step
+    assert a == dataclasses.replace(a)  # not part of equality or the constructor
