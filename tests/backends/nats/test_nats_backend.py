@@ -35,6 +35,7 @@ from salvador_core.config import connect
 from salvador_core.task import Task, TaskStatus, new_task_id
 from salvador_nats import NatsBackend
 from salvador_nats.layout import consumer_name, token
+from salvador_nats.pulls import _AtOnce, _route_at_once
 from tests.helpers.nats_servers import ServerFactory
 
 
@@ -368,6 +369,52 @@ async def test_one_step_costs_three_request_replies_and_a_release_after_a_write_
         await backend.extend(claim, lease=30)
     stored = await backend.get(retried.id)
     assert stored == pending
+
+
+@pytest.mark.asyncio
+async def test_replies_and_deliveries_reach_their_waiter_as_the_client_reads_them(
+    backend: NatsBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The inbox's subscriptions hand each message over where nats-py reads it (no queue, no
+    # task of the subscription's in between), keep nats-py's pending-bytes count at zero,
+    # and a route that raises is logged without stopping the client's reader.
+    inbox = backend._inbox
+    assert inbox is not None
+    assert inbox._sub is not None
+    assert isinstance(inbox._sub._pending_queue, _AtOnce)
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
+    (claim,) = await backend.claim_many("wf", 1, lease=30, wait=2)  # a pull's own inbox, too
+    assert claim.task_id == task.id
+    assert inbox._sub._pending_size == 0
+    assert inbox._sub.pending_msgs == 0
+
+    route = inbox._sub._pending_queue._route  # type: ignore[attr-defined]
+    calls = [0]
+
+    def broken(msg: Msg) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a routing bug")
+        route(msg)
+
+    inbox._sub._pending_queue._route = broken  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="salvador"), pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(backend.get(task.id), 0.5)  # its reply was dropped
+    assert "routing a reply failed" in caplog.text
+    assert await backend.get(task.id) is not None  # the reader goes on
+    inbox._sub._pending_queue._route = route  # type: ignore[attr-defined]
+
+
+def test_a_subscription_without_the_expected_internals_keeps_its_callback_path() -> None:
+    class Other:
+        def __init__(self, queue: object, size: object) -> None:
+            self._pending_queue = queue
+            self._pending_size = size
+
+    for sub in (Other(None, 0), Other([], 0), Other(asyncio.Queue(), "0")):
+        before = sub._pending_queue
+        _route_at_once(sub, lambda msg: None)  # type: ignore[arg-type]
+        assert sub._pending_queue is before
 
 
 def bucket_of(backend: NatsBackend) -> str:
