@@ -8,11 +8,12 @@ run stops touching it at once. A run gets what it needs in a `RunEnv`, not the e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
-import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -67,6 +68,9 @@ class RunEnv:
     worker_id: str
     threads: StepThreads
     log: logging.Logger
+    #: Numbers the runs of this worker: with `worker_id` (host, pid and a random part), a
+    #: run's owner token, unique without a system call for randomness per run.
+    serial: Iterator[int] = field(default_factory=itertools.count)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Run:
         self.backend = env.backend
         self.observer = env.observer
         self.wf = wf
-        self.owner = f"{env.worker_id}/{secrets.token_hex(4)}"
+        self.owner = f"{env.worker_id}/{next(env.serial)}"
         self.task: Task | None = None
         self.step: str | None = None  # the step (or compensation) called last
         self.recording: TaskError | None = None  # a step failure being written

@@ -104,3 +104,38 @@ async def test_the_step_failure_being_recorded_is_kept_when_the_task_ends_intern
     assert task.error is not None
     kept = [task.error.message, *(f"{f.type}: {f.message}" for f in task.failures)]
     assert any("card declined" in text for text in kept), kept
+
+
+@pytest.mark.asyncio
+async def test_every_run_of_a_worker_writes_an_owner_token_of_its_own() -> None:
+    # The owner token fences a run's writes: two runs (even of the same task, one after
+    # the other) must never share one, and each names the worker it ran in.
+    started = asyncio.Event()
+    release = asyncio.Event()
+    running = 0
+
+    async def hold(ctx: StepContext) -> None:
+        nonlocal running
+        running += 1
+        if running == 3:
+            started.set()
+        await release.wait()
+
+    wf = Workflow("owners").step("hold", hold)
+    engine = Engine.from_url("memory://", workflows=[wf], concurrency=3, poll_interval=0.05)
+    async with engine:
+        ids = [await engine.submit(wf) for _ in range(3)]
+        worker = asyncio.create_task(engine.run(handle_signals=False))
+        await asyncio.wait_for(started.wait(), 5)
+        runs = engine.active_runs()
+        stored = [await engine.get_task(task_id) for task_id in ids]
+        release.set()
+        for task_id in ids:
+            await settled(engine, task_id)
+        engine.stop()
+        await worker
+    owners = {run.owner for run in runs}
+    assert len(owners) == 3
+    assert {task.owner for task in stored if task is not None} == owners
+    worker_ids = {owner.rsplit("/", 1)[0] for owner in owners}
+    assert len(worker_ids) == 1
