@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,9 +69,9 @@ class RunEnv:
     worker_id: str
     threads: StepThreads
     log: logging.Logger
-    #: Numbers the runs of this worker: with `worker_id` (host, pid and a random part), a
-    #: run's owner token, unique without a system call for randomness per run.
-    serial: Iterator[int] = field(default_factory=itertools.count)
+    #: The runs' owner tokens (after `worker_id`): unique without reading the OS's
+    #: randomness for every task (`_run_tokens`).
+    run_tokens: Iterator[str] = field(default_factory=lambda: _run_tokens())
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Run:
         self.backend = env.backend
         self.observer = env.observer
         self.wf = wf
-        self.owner = f"{env.worker_id}/{next(env.serial)}"
+        self.owner = f"{env.worker_id}/{next(env.run_tokens)}"
         self.task: Task | None = None
         self.step: str | None = None  # the step (or compensation) called last
         self.recording: TaskError | None = None  # a step failure being written
@@ -575,6 +576,16 @@ class Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _run_tokens() -> Iterator[str]:
+    """Owner tokens for one worker's runs: 4 random bytes drawn once, then the run's
+    number. Two runs share a token only if their workers share host, pid, the worker id's
+    3 random bytes and these 4 (56 bits), and the run number."""
+    prefix = secrets.token_hex(4)
+    for n in itertools.count(1):
+        yield f"{prefix}.{n}"
+
 
 
 def _reason(value: object) -> DeadLetter | None:
