@@ -1,13 +1,16 @@
-"""What the bench scripts share: the PostgreSQL server they use and its clean-up, and the
-SQLite bulk insert they fill stores with. Imported by bench.py, overview.py and
-split_repair.py, which run from this folder (it is first on their `sys.path`)."""
+"""What the bench scripts share: the PostgreSQL server they use and its clean-up, the
+SQLite bulk insert they fill stores with, and a no-op workflow that says when it is done.
+Imported by the scripts in this folder, which run from it (it is first on their `sys.path`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
+
+from salvador_core import StepContext, Workflow
 
 #: The PostgreSQL server the benches use; each run gets a schema of its own, dropped after.
 POSTGRES_URL = os.environ.get("SALVADOR_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -34,3 +37,25 @@ def insert_in_batches(conn: sqlite3.Connection, insert: str, rows: Iterable[tupl
             conn.executemany(insert, batch)
             batch.clear()
     conn.executemany(insert, batch)
+
+
+def noop_workflow(name: str, steps: int, tasks: int) -> tuple[Workflow, asyncio.Event]:
+    """A workflow of `steps` no-op async steps, and an event set once its last step has run
+    `tasks` times (in this process)."""
+    done = asyncio.Event()
+    finished = 0
+
+    async def noop(ctx: StepContext) -> None:
+        return None
+
+    async def last(ctx: StepContext) -> None:
+        nonlocal finished
+        finished += 1
+        if finished == tasks:
+            done.set()
+
+    wf = Workflow(name)
+    for i in range(steps - 1):
+        wf.step(f"s{i + 1}", noop)
+    wf.step(f"s{steps}", last)
+    return wf, done

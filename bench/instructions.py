@@ -45,7 +45,9 @@ REDIS_URL = os.environ.get("SALVADOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0
 async def workload(backend: str, tasks: int, steps: int, concurrency: int, submit_only: bool) -> None:
     """Submit `tasks` no-op tasks (100 at a time), then, unless `submit_only`, drain them
     with one worker at `concurrency`."""
-    from salvador_core import Engine, StepContext, Workflow
+    from _shared import noop_workflow
+
+    from salvador_core import Engine
 
     name = f"instr{os.getpid()}{secrets.token_hex(2)}"
     directory = tempfile.mkdtemp()
@@ -54,22 +56,7 @@ async def workload(backend: str, tasks: int, steps: int, concurrency: int, submi
         "sqlite": f"sqlite:///{directory}/bench.db",
         "redis": f"{REDIS_URL}?prefix={name}:",
     }[backend]
-    done = asyncio.Event()
-    finished = 0
-
-    async def noop(ctx: StepContext) -> None:
-        return None
-
-    async def last(ctx: StepContext) -> None:
-        nonlocal finished
-        finished += 1
-        if finished == tasks:
-            done.set()
-
-    wf = Workflow(f"instructions-{steps}")
-    for i in range(steps - 1):
-        wf.step(f"s{i + 1}", noop)
-    wf.step(f"s{steps}", last)
+    wf, done = noop_workflow(f"instructions-{steps}", steps, tasks)
     engine = Engine.from_url(url, workflows=[wf], concurrency=concurrency)
     try:
         async with engine:

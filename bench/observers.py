@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from salvador_core import Engine, Observer, StepContext, Workflow
+from _shared import noop_workflow
+
+from salvador_core import Engine, Observer
 
 
 def observers(kind: str) -> list[Observer] | None:
@@ -47,19 +49,7 @@ def observers(kind: str) -> list[Observer] | None:
 
 async def drain(url: str, kind: str, tasks: int) -> float:
     """Submit `tasks` 3-step no-op tasks, then time one worker (concurrency 100) draining them."""
-    done = asyncio.Event()
-    finished = 0
-
-    async def step(ctx: StepContext) -> None:
-        return None
-
-    async def last(ctx: StepContext) -> None:
-        nonlocal finished
-        finished += 1
-        if finished == tasks:
-            done.set()
-
-    wf = Workflow("bench").step("a", step).step("b", step).step("c", last)
+    wf, done = noop_workflow("bench", 3, tasks)
     engine = Engine.from_url(url, workflows=[wf], concurrency=100, observers=observers(kind))
     async with engine:
         for _ in range(tasks):
