@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from salvador_core import StepContext, Workflow
@@ -59,3 +60,38 @@ def noop_workflow(name: str, steps: int, tasks: int) -> tuple[Workflow, asyncio.
         wf.step(f"s{i + 1}", noop)
     wf.step(f"s{steps}", last)
     return wf, done
+
+
+def local_server_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP `port` on this machine (Linux `/proc`), or
+    None: not Linux, no such listener, or its process not visible to this user."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                if os.readlink(fd.path) in wanted:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds `pid` has used so far (`/proc/<pid>/stat`)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

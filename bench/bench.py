@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from _shared import POSTGRES_URL, drop_schema
+from _shared import POSTGRES_URL, drop_schema, local_server_pid, process_cpu_seconds
 
 from salvador_core import ConfigurationError, Engine, StepContext, Task, TaskStatus, Workflow
 
@@ -710,6 +711,10 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def fmt_us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} µs"
+
+
 def fmt_ms(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
@@ -1174,6 +1179,28 @@ async def nats_requests(setup: NatsSetup, steps: int, tasks: int) -> dict[str, f
     return {"submit": submit, **{k: ran[k] / tasks for k in ("requests", "pulls", "acks")}}
 
 
+async def nats_cpu(setup: NatsSetup, steps: int, tasks: int) -> tuple[float, float | None]:
+    """CPU seconds per task while one worker (concurrency 100) drains `tasks` `steps`-step
+    tasks, in a pass of its own (no counters): this process's, and the NATS server's when it
+    runs on this machine (None otherwise). On a small machine the two share the cores, so a
+    change is judged by their sum, not by the worker's share alone."""
+    parts = urlsplit(NATS_URL)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    pid = local_server_pid(parts.port or 4222) if local else None
+
+    async def mark() -> tuple[float, float | None]:
+        return time.process_time(), None if pid is None else process_cpu_seconds(pid)
+
+    done = Completions()
+    wf = workflow(steps, done)
+    async with setup.fresh_url() as url:
+        engine = Engine.from_url(url, workflows=[wf], concurrency=100)
+        async with engine:
+            _, mid, after = await submit_then_drain(engine, wf, done, tasks, mark)
+    server = None if after[1] is None or mid[1] is None else (after[1] - mid[1]) / tasks
+    return (after[0] - mid[0]) / tasks, server
+
+
 async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[str, bool]:
     """The 1-step rows at concurrency 1 and 10 (the main plan runs 1-step only at 100), the
     server's ceiling measured in the same run, how close the backend gets to it, and what
@@ -1210,6 +1237,17 @@ async def nats_section(setup: NatsSetup, plan: Plan, rows: list[Row]) -> tuple[s
             f"  {steps}-step, sent per task while the worker runs: {sent['requests']:.2f} request-replies, "
             f"{sent['pulls']:.3f} pull requests, {sent['acks']:.2f} acks (not waited for); "
             f"per submit: {sent['submit']:.2f} request-replies"
+        )
+        try:
+            worker_cpu, server_cpu = await nats_cpu(setup, steps, min(plan.tasks, 3000))
+        except Exception as exc:
+            failed = True
+            out.append(f"  {steps}-step: measuring CPU FAILED: {type(exc).__name__}: {exc}"[:200])
+            continue
+        server = "not measured (not on this machine)" if server_cpu is None else fmt_us(server_cpu)
+        out.append(
+            f"  {steps}-step, CPU per task while the worker drains (a pass of its own, concurrency 100): "
+            f"this process {fmt_us(worker_cpu)}, nats-server {server}"
         )
     return "\n".join(out), failed
 
