@@ -268,19 +268,29 @@ async def _quietly(coro: Awaitable[Any], logger: logging.Logger) -> None:
 def _install_signal_handlers(
     loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
 ) -> list[signal.Signals]:
+    """SIGTERM and SIGINT drain the worker; the ones that cannot be handled here are named
+    in a warning: the process would then end without draining on them, and the caller
+    should stop the worker itself (`stop()`, or cancelling `run()`)."""
     if threading.current_thread() is not threading.main_thread():
+        _signals_not_handled("SIGTERM and SIGINT", "run() is not in the main thread")
         return []
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop)
         except (NotImplementedError, RuntimeError) as exc:
-            # No signal handling on this loop: NotImplementedError on Windows' proactor
-            # loop, RuntimeError from a closed loop or one whose signals another part of
-            # the process owns. run() is then stopped by stop() or by cancelling it.
-            logging.getLogger("salvador").debug(
-                "run(): %s is not handled on this loop (%s); stop() stops it", sig.name, describe(exc)
-            )
+            # NotImplementedError: a loop without signal support (Windows' proactor loop).
+            # RuntimeError: the loop is closed, or the signal cannot be caught here.
+            _signals_not_handled(sig.name, describe(exc))
             continue
         installed.append(sig)
     return installed
+
+
+def _signals_not_handled(which: str, why: str) -> None:
+    logging.getLogger("salvador").warning(
+        "run(): %s will not drain this worker (%s); stop it with stop() or by cancelling "
+        "run(), or pass handle_signals=False to handle signals yourself",
+        which,
+        why,
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import threading
 
 import pytest
 
@@ -92,3 +93,58 @@ async def _run_one(backend: MemoryBackend, caplog: pytest.LogCaptureFixture, *, 
             finally:
                 engine.stop()
                 await asyncio.wait_for(worker, 10)
+
+
+@pytest.mark.asyncio
+async def test_signals_the_loop_cannot_handle_are_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*args: object) -> None:
+        raise NotImplementedError
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "add_signal_handler", unsupported)
+    wf = Workflow("signals").step("one", lambda ctx: None)
+    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="salvador"):
+        async with engine:
+            worker = asyncio.create_task(engine.run())  # handle_signals=True
+            await asyncio.sleep(0.1)
+            engine.stop()
+            await asyncio.wait_for(worker, 10)
+    warned = [r.getMessage() for r in caplog.records if "will not drain this worker" in r.getMessage()]
+    assert len(warned) == 2
+    assert warned[0].startswith("run(): SIGTERM will not drain")
+    assert warned[1].startswith("run(): SIGINT will not drain")
+
+
+def test_a_worker_run_outside_the_main_thread_says_signals_will_not_drain_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wf = Workflow("threaded").step("one", lambda ctx: None)
+
+    async def run_and_stop() -> None:
+        engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
+        async with engine:
+            worker = asyncio.create_task(engine.run())  # handle_signals=True
+            await asyncio.sleep(0.1)
+            engine.stop()
+            await asyncio.wait_for(worker, 10)
+
+    failures: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            asyncio.run(run_and_stop())
+        except BaseException as exc:
+            failures.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="salvador"):
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert failures == []
+    assert any(
+        "SIGTERM and SIGINT will not drain this worker (run() is not in the main thread)" in r.getMessage()
+        for r in caplog.records
+    )
