@@ -17,7 +17,7 @@ from typing import Any
 
 from salvador_core.errors import StepTimeoutError
 from salvador_core.observe import Observer
-from salvador_core.workflow import CancelFlag, StepContext, StepFn, is_async
+from salvador_core.workflow import CancelFlag, StepContext, StepFn
 
 
 class Interrupted(Exception):
@@ -180,16 +180,12 @@ class StepCaller:
             self._cancelled_handler = True
             self.handler.cancel()
 
-    async def call(
-        self, fn: StepFn, ctx: StepContext, timeout: float | None, run_async: bool | None = None
-    ) -> Any:
+    async def call(self, fn: StepFn, ctx: StepContext, timeout: float | None, run_async: bool) -> Any:
         """`fn(ctx)`'s value. Raises `StepFailed` (what it raised), `StepTimeoutError`, or
         `Interrupted`; a CancelledError only when the run itself is being cancelled.
-        `run_async`: whether `fn` is async, when the caller knows (`Step` does)."""
+        `run_async`: whether `fn` is async (`Step` knows, from when it was built)."""
         if self.stop_reason is not None:
             raise Interrupted(self.stop_reason)
-        if run_async is None:
-            run_async = is_async(fn)
         if run_async and not timeout:
             return await self._await_here(fn, ctx)
         if run_async:
