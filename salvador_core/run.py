@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -58,6 +58,15 @@ _NULL = b"null"
 _READ_BACK_UNCHANGED = frozenset({str, int, float, bool})
 
 
+def _run_tokens() -> Iterator[str]:
+    """Owner tokens for one worker's runs: 4 random bytes drawn once, then the run's
+    number. Two runs share a token only if their workers share host, pid, the worker id's
+    3 random bytes and these 4 (56 bits), and the run number."""
+    prefix = secrets.token_hex(4)
+    for n in itertools.count(1):
+        yield f"{prefix}.{n}"
+
+
 @dataclass(frozen=True)
 class RunEnv:
     """What every run of one worker shares: the backend face, its limits, the observer."""
@@ -71,7 +80,7 @@ class RunEnv:
     log: logging.Logger
     #: The runs' owner tokens (after `worker_id`): unique without reading the OS's
     #: randomness for every task (`_run_tokens`).
-    run_tokens: Iterator[str] = field(default_factory=lambda: _run_tokens())
+    run_tokens: Iterator[str] = field(default_factory=_run_tokens)
 
 
 @dataclass(frozen=True)
@@ -546,26 +555,27 @@ class Run:
         A conflict is a takeover unless the stored task still names this run as owner: then
         only a cancel request was written meanwhile, which is merged and the write retried.
         """
-        backend = self.backend
         if final:
             self.heartbeat.finish()
         try:
-            if final:
-                stored = await backend.settle(task, task.version, self.claim)
-            else:
-                stored = await backend.update(task, task.version)
+            stored = await self._cas(task, task.version, final)
         except ConflictError:
-            current = await backend.get(task.id)
+            current = await self.backend.get(task.id)
             if current is None or current.owner != self.owner:
                 raise
-            merged = task.evolve(cancel_requested=current.cancel_requested)
-            if final:
-                stored = await backend.settle(merged, current.version, self.claim)
-            else:
-                stored = await backend.update(merged, current.version)
+            stored = await self._cas(
+                task.evolve(cancel_requested=current.cancel_requested), current.version, final
+            )
         self.task = stored
         self.recording = None  # any step failure being written is in `stored` now
         return stored
+
+    def _cas(self, task: Task, expected_version: int, final: bool) -> Awaitable[Task]:
+        """The backend's fenced write of `task` (a `final` one also acks the claim); the
+        backend's own coroutine, not one more around it."""
+        if final:
+            return self.backend.settle(task, expected_version, self.claim)
+        return self.backend.update(task, expected_version)
 
     async def _ack(self) -> None:
         try:
@@ -576,16 +586,6 @@ class Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _run_tokens() -> Iterator[str]:
-    """Owner tokens for one worker's runs: 4 random bytes drawn once, then the run's
-    number. Two runs share a token only if their workers share host, pid, the worker id's
-    3 random bytes and these 4 (56 bits), and the run number."""
-    prefix = secrets.token_hex(4)
-    for n in itertools.count(1):
-        yield f"{prefix}.{n}"
-
 
 
 def _reason(value: object) -> DeadLetter | None:
