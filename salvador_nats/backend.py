@@ -4,15 +4,20 @@ work-queue stream.
 The layout (subjects, consumers, keys) is in `layout.py`; docs/backends/nats.md explains it
 with the settings. How each guarantee is kept:
 
-- **Fence.** A record's KV revision changes with every write and so does its `version`:
-  `update(task, v)` writes with "expected last revision = the revision at which version `v`
-  was read", so it lands only if nobody wrote since. The revision of the last record this
-  process read or wrote is cached, so a checkpoint is one round trip.
-- **Submit** is two writes, made crash-safe by their order (publish first): the message is
-  published (`Nats-Msg-Id` `<id>.1`: a repeated publish is absorbed) and then the record is
-  created. A crash between leaves a message without a record; a claimer that meets one
-  waits for the record while the message is younger than `publish_grace` (server timestamp)
-  and then drops it: that submit never returned, so no task was lost. A crash before the
+- **Fence.** A task's record is `t.<id>` once anything wrote it after the submit, else the
+  submitted `s.<id>`, which is never written again. Every write goes to `t.<id>`: a KV
+  `create` when it has no entry yet (version 1 is then the submitted record), else an
+  update with "expected last revision = the revision at which the version it replaces was
+  read". Either lands only if nobody wrote since, and the revision and the `version` change
+  together. The revision of the last record this process read or wrote is cached, so a
+  checkpoint is one round trip.
+- **Submit** is two writes, made crash-safe by their order (publish first): the message,
+  which carries the submitted record (`Nats-Msg-Id` `<id>.1`: a repeated publish is
+  absorbed), and then `s.<id>`. So the first delivery of a submit's message is claimed
+  without a read: the worker's ownership write is a `create` of `t.<id>`, which fails if
+  anything wrote the task since (cancelled, claimed through another message, deleted), and
+  the run then stops before its first step as after any refused write. A crash between the
+  two writes leaves a message whose record is in its body: it runs. A crash before the
   publish leaves at most an idempotency-key entry, which the next submit with that key
   adopts. Nothing is ever stored without being queued, and no scan is needed to find out.
 - **Requeue** publishes first too (header `Salvador-Version`: the version it will write;
@@ -36,7 +41,8 @@ with the settings. How each guarantee is kept:
   A delivery whose record is running under another message's delivery waits (`-NAK` with
   a delay): if that holder dies, its own message comes back and takes over.
 - **Claims wait** in a pull request with an expiry (`pulls.py`), never in a sleep loop; a
-  batch of claims is one pull and one read per delivery (`claims.py`).
+  batch of claims is one pull, and one read per delivery that is not a submit's first
+  (`claims.py`).
 """
 
 from __future__ import annotations
@@ -374,7 +380,8 @@ class NatsBackend:
     @_guarded
     async def create(self, task: Task) -> Task:
         """Insert `task` (version 1): the idempotency-key entry first (`create`: one
-        winner), then the record (`create`). A duplicate returns the stored task."""
+        winner), then the submitted record `s.<id>` (`create`). A duplicate returns the
+        stored task."""
         target = await self._reserve_key(task)
         if isinstance(target, Task):
             return target
@@ -405,7 +412,7 @@ class NatsBackend:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
-        """Tasks in ascending id order. Reads the key list of the bucket (`t.*`) and then
+        """Tasks in ascending id order. Reads the key list of the bucket (`t.*`, `s.*`) and then
         the records after `cursor` until a page is full: an admin operation, whose cost grows
         with the number of records (the engine's hot path never lists)."""
         if limit < 1:
@@ -536,28 +543,23 @@ class NatsBackend:
 
     @_guarded
     async def submit(self, task: Task) -> Task:
-        """Idempotency-key entry, then the message, then the record (module docstring)."""
+        """Idempotency-key entry, then the message carrying the record, then the record
+        (module docstring)."""
         target = await self._reserve_key(task)
         if isinstance(target, Task):
             return target
         adopted = target != task.id
         stored = (task.evolve(id=target) if adopted else task).evolve(version=1)
         data = self._encode(stored)
-        published = time.monotonic()
-        # An adopted id's first message may have been dropped already (its producer died
-        # before the record, and a claimer gave up on it), while its Nats-Msg-Id is still in
-        # the duplicate window: this publish must not be absorbed as a repeat of it.
+        # An adopted id's first message may be long gone (run, or dropped) while its
+        # Nats-Msg-Id is still in the duplicate window: this publish must not be absorbed
+        # as a repeat of it.
         suffix = f".{secrets.token_hex(4)}" if adopted else ""
         await self._publish(
-            stored.workflow, stored.id, version=1, not_before=stored.not_before, suffix=suffix
+            stored.workflow, stored.id, version=1, not_before=stored.not_before, suffix=suffix,
+            record=data,
         )
-        result = await self._create_record(stored, data)
-        if result.id == stored.id and time.monotonic() - published > self.settings.publish_grace / 2:
-            # Paused so long that a claimer may have given up waiting for this record and
-            # dropped the message: publish once more (a duplicate is fenced by the record).
-            await self._publish(stored.workflow, stored.id, version=1, not_before=stored.not_before,
-                                suffix=f".{secrets.token_hex(4)}")
-        return result
+        return await self._create_record(stored, data)
 
     @_guarded
     async def requeue(self, task: Task, expected_version: int) -> Task:
@@ -595,9 +597,25 @@ class NatsBackend:
     # -- internals: records ---------------------------------------------------------------
 
     async def _read(self, task_id: str) -> Stored | None:
-        """The record as stored (bytes, revision, holder), or None if there is none."""
-        found = await self.records.read(self._key(task_id))
+        """The record (bytes, the revision the next write must expect, holder), or None if
+        there is none (never submitted, deleted or purged)."""
+        found = await self._lookup(task_id)
         return None if found is None or found.gone else found
+
+    async def _lookup(self, task_id: str) -> Stored | None:
+        """The task's record: `t.<id>` once written, else the submitted `s.<id>` with
+        revision 0 (the next write creates `t.<id>`). A delete marker on `t.<id>` hides
+        `s.<id>` (the task was deleted or purged) and is returned as such (`gone`), unless
+        `s.<id>` was submitted again since; then its revision is the marker's, which a create
+        of `t.<id>` must expect. None when neither was ever written."""
+        records = self.records
+        found = await records.read(self._key(task_id))
+        if found is not None and not found.gone:
+            return found
+        submitted = await records.read(layout.submitted_key(task_id))
+        if submitted is None or submitted.gone:
+            return found
+        return Stored(submitted.data, found.revision if found is not None else 0)
 
     async def _readable(self, task_id: str) -> Task | None:
         """The decoded task, or None for a missing, corrupt or newer-format record."""
@@ -610,7 +628,9 @@ class NatsBackend:
             return None
 
     async def _record_ids(self) -> builtins.list[str]:
-        """Every task id in the bucket, sorted: the last entry per `t.*` key, headers only.
+        """Every task id in the bucket, sorted: the last entry per `t.*` and `s.*` key,
+        headers only. A task is listed if its `t.*` entry is not a delete marker, or (when
+        it has none, or a marker from a previous task of that id) its `s.*` entry is there.
 
         Not `kv.keys()`/`kv.watch()`: nats-py decides "no keys" from the consumer's
         `num_pending` (0 once the server has sent everything) and the messages its callback
@@ -623,10 +643,11 @@ class NatsBackend:
         bucket = f"KV_{self.settings.bucket}"
         prefix = f"$KV.{self.settings.bucket}."
         sub = await self.js.subscribe(
-            f"{prefix}t.*", stream=bucket, ordered_consumer=True,
+            f"{prefix}*.*", stream=bucket, ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, headers_only=True, inactive_threshold=60.0,
         )
-        ids: set[str] = set()
+        written: dict[str, bool] = {}  # id -> whether its t.* entry is a live record
+        submitted: set[str] = set()
         try:
             info = await sub.consumer_info()
             if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
@@ -635,31 +656,36 @@ class NatsBackend:
                 msg = await sub.next_msg(timeout=10.0)
                 headers = msg.headers or {}
                 gone = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
-                if not gone:
-                    ids.add(msg.subject[len(prefix) + 2 :])
+                kind, task_id = msg.subject[len(prefix)], msg.subject[len(prefix) + 2 :]
+                if kind == "t":
+                    written[task_id] = not gone
+                elif kind == "s" and not gone:
+                    submitted.add(task_id)
                 if msg.metadata.num_pending == 0:
                     break
         finally:
             await sub.unsubscribe()
-        return sorted(ids)
+        return sorted({i for i, live in written.items() if live} | submitted)
 
     async def _create_record(self, stored: Task, data: bytes | None = None) -> Task:
-        """Create the record (one winner); a record already there is returned instead."""
-        key = layout.record_key(layout.check_task_id(stored.id))
+        """Create the submitted record `s.<id>` (one winner); a task already stored under
+        that id is returned instead."""
+        key = layout.submitted_key(layout.check_task_id(stored.id))
         data = data if data is not None else self._encode(stored)
         try:
-            revision = await self.records.write(key, data, expected=0)
+            await self.records.write(key, data, expected=0)
         except jx.KeyWrongLastSequenceError:
-            found = await self.records.read(key)
-            if found is not None and not found.gone:
-                existing = decode_task(found.data, stored.id)
-                self._remember(stored.id, existing.version, found.revision, found.lease)
+            existing = await self.get(stored.id)
+            if existing is not None:
                 return existing
-            # Deleted or purged: a create may take the key over from its marker.
-            marker = found.revision if found is not None else 0
-            revision = await self.records.write(key, data, expected=marker)
-        self._remember(stored.id, 1, revision, "")
+            # A marker left by a purge: a create may take the key over from it.
+            found = await self.records.read(key)
+            await self.records.write(key, data, expected=found.revision if found is not None else 0)
+        # The next write creates t.<id>; if a marker of an earlier task of this id is
+        # there, that create fails and the writer reads the record (the marker's revision).
+        self._remember(stored.id, 1, 0, "")
         return stored
+
 
     async def _reserve_key(self, task: Task) -> str | Task:
         """The id under which `task` is to be stored, or the stored task holding its
@@ -691,6 +717,13 @@ class NatsBackend:
         key = self._key(stored.id)
         data = self._encode(stored)
         known = self._revisions.get(stored.id)
+        # A claim taken from a submit's message had not read the record: if `t.<id>` turns
+        # out to hold version 1 after all, the write may go on only if that is the record
+        # the claim was taken from (a released claim's copy), not one written otherwise.
+        held = self._held.get(stored.id)
+        unread = None
+        if held is not None and held.revision == 0 and known is not None and known.revision == 0:
+            unread = held.data
         for _ in range(3):
             if known is None or known.version != expected_version:
                 found = await self._read(stored.id)
@@ -700,7 +733,8 @@ class NatsBackend:
                     version = decode_task(found.data, stored.id).version
                 except (CorruptRecordError, RecordVersionError):
                     raise self._conflict(stored.id, expected_version, None) from None
-                if version != expected_version:
+                other = unread is not None and found.revision != 0 and found.data != unread
+                if version != expected_version or other:
                     raise self._conflict(stored.id, expected_version, version)
                 known = _Known(version, found.revision, found.lease)
             holder = self._lease_for(stored.id, known.lease) if lease is None else lease
@@ -750,7 +784,10 @@ class NatsBackend:
             held.data = None  # the record moved on: ending the lease reads it first
 
     async def _forget(self, task_id: str, task: Task | None) -> None:
-        """Purge a task's record, lease and (if it still points here) idempotency key."""
+        """Purge a task's records and (if it still points here) its idempotency key. The
+        submitted record goes first and without a trace; `t.<id>` is purged last and keeps
+        a marker, which hides the task from a message of it still queued (its claim's
+        `create` of `t.<id>` fails) and from a crash between the two."""
         kv = self.kv
         if task is not None and task.idempotency_key is not None:
             key = layout.idempotency_key(task.workflow, task.idempotency_key)
@@ -760,6 +797,8 @@ class NatsBackend:
                     await kv.purge(key)
             except jx.KeyNotFoundError:
                 pass
+        bucket = self.settings.bucket
+        await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{layout.submitted_key(task_id)}")
         await kv.purge(layout.record_key(task_id))
         self._revisions.pop(task_id, None)
         self._held.pop(task_id, None)
@@ -768,10 +807,11 @@ class NatsBackend:
 
     async def _publish(
         self, workflow: str, task_id: str, *, version: int | None, not_before: datetime | None,
-        suffix: str = "",
+        suffix: str = "", record: bytes | None = None,
     ) -> Published:
         """Publish a task's message: to the ready subject, or with a future `not_before`
-        to the delayed one. `version` (the record version it is for) goes in a header."""
+        to the delayed one. `version` (the record version it is for) goes in a header; a
+        submit's `record` goes in the body after the id."""
         headers = {}
         if version is not None:
             headers[layout.HEADER_VERSION] = str(version)
@@ -784,7 +824,8 @@ class NatsBackend:
         else:
             subject = layout.ready_subject(self.settings.stream, workflow)
             headers[layout.HEADER_MSG_ID] = msg_id
-        return await self.records.publish(subject, task_id.encode(), headers)
+        body = task_id.encode() if record is None else task_id.encode() + b"\n" + record
+        return await self.records.publish(subject, body, headers)
 
     async def _queue(self, workflow: str, lease: float) -> _Queue:
         """This process's view of `workflow`'s queue: consumers found or created (the ready
@@ -849,6 +890,10 @@ class NatsBackend:
     ) -> Claim | None:
         """Turn a delivered message into a claim, or deal with it and return None:
 
+        - the first delivery of a submit's message is claimed from the record in its body,
+          without a read (`_submitted`); a later one reads the record, and if there is none
+          at all (its producer died before writing it) runs from the body too, unless the
+          task was deleted;
         - a message whose record is missing, or older than the version it was published
           for, is looked at again within `FIRST_LOOK_PAUSES` on its first delivery (the
           writer is usually a moment behind), then waits for the writer and is dropped
@@ -862,7 +907,8 @@ class NatsBackend:
           server has redelivered it or will; an ack or nak from it would act on a newer
           delivery's message.
         """
-        task_id = msg.data.decode(errors="replace")
+        head, _, record = msg.data.partition(b"\n")
+        task_id = head.decode(errors="replace")
         if not layout.TASK_ID.match(task_id):
             await self.nc.publish(msg.reply, b"+ACK")  # not ours to run: no such task can exist
             return None
@@ -871,8 +917,23 @@ class NatsBackend:
             deliveries = msg.metadata.num_delivered
         version = msg.headers.get(layout.HEADER_VERSION) if msg.headers else None
         published_for = int(version) if version is not None else None
-        found, task = await self._record_for(task_id, published_for)
-        if found is None and published_for is not None and deliveries == 1:
+        fresh = record and published_for == 1 and deliveries == 1
+        submitted = self._submitted(task_id, record) if fresh else None
+        found: Stored | None
+        task: Task | None
+        if submitted is not None:
+            found, task = submitted
+        elif record and published_for == 1:
+            found = await self._lookup(task_id)
+            if found is None:
+                submitted = self._submitted(task_id, record)  # its producer died before s.<id>
+            elif found.gone:
+                await self.nc.publish(msg.reply, b"+ACK")  # deleted or purged
+                return None
+            found, task = submitted if submitted is not None else self._decoded(task_id, found, published_for)
+        else:
+            found, task = await self._record_for(task_id, published_for)
+        if found is None and published_for is not None and deliveries == 1 and not record:
             # Delivered before its publisher's record write landed (publish comes first):
             # that write is most likely in flight, so look again shortly rather than nak.
             for pause in FIRST_LOOK_PAUSES:
@@ -894,11 +955,35 @@ class NatsBackend:
         self._hold(task_id, _Held(msg.reply, deadline, found.data, found.revision))
         return Claim(task_id, workflow, f"{found.revision} {msg.reply}", deliveries, deadline, task)
 
+    def _submitted(self, task_id: str, record: bytes) -> tuple[Stored, Task] | None:
+        """The record a submit's message carries (version 1) as the claim's record, at
+        revision 0: `t.<id>` not written yet. Taken on trust: the ownership write, a
+        `create` of `t.<id>`, fails if anything wrote the task since. None (the record is
+        read instead) if this process has seen `t.<id>` written, or the body does not decode
+        to this task's version 1."""
+        known = self._revisions.get(task_id)
+        if known is not None and (known.version != 1 or known.revision != 0):
+            return None
+        try:
+            task = decode_task(record, task_id)
+        except (CorruptRecordError, RecordVersionError):
+            return None
+        if task.id != task_id or task.version != 1:
+            return None
+        if known is None:
+            self._remember(task_id, 1, 0, "")
+        return Stored(record, 0), task
+
     async def _record_for(self, task_id: str, published_for: int | None) -> tuple[Stored | None, Task | None]:
         """The record of a delivered task and the task in it (None if it cannot be decoded:
         the engine dead-letters or leaves it); (None, None) while the record is missing or
         older than the version the message was `published_for`."""
-        found = await self._read(task_id)
+        return self._decoded(task_id, await self._read(task_id), published_for)
+
+    def _decoded(
+        self, task_id: str, found: Stored | None, published_for: int | None
+    ) -> tuple[Stored | None, Task | None]:
+        """`_record_for` of a record read already."""
         if found is None:
             return None, None
         try:

@@ -12,11 +12,18 @@ Stream `<stream>` (work-queue retention) holds two subjects per workflow:
 - `<stream>.d.<w>`: delayed tasks, read by `d-<w>`, whose reader (`delays.Promoter`) holds
   each message back with `nak(delay)` until it is due and then republishes it to `q`.
 
+A message's body is the task id; a submit's message adds a newline and the submitted record
+(`<id>\n<record>`), so the claimer of its first delivery needs no read to run it.
+
 KV bucket `<bucket>` holds, per task:
 
-- `t.<id>`: the record (`encode_task`); its KV revision is the fence of every write, and
-  its `Salvador-Lease` header names the delivery (ack subject) holding the task, written
-  with the record by the holder's own writes (backend.py);
+- `s.<id>`: the record as submitted (version 1, `encode_task`), created by `submit` and
+  never written again;
+- `t.<id>`: the record from its first write after the submit on (usually the worker's
+  ownership write, a KV `create`); once there it is the task's record, its KV revision is
+  the fence of every write, and its `Salvador-Lease` header names the delivery (ack
+  subject) holding the task, written with the record by the holder's own writes
+  (backend.py). A delete marker on it (the task was deleted or purged) hides `s.<id>`;
 - `k.<w>.<key hex>`: the task id holding an idempotency key, created before the record.
 """
 
@@ -76,6 +83,10 @@ def consumer_name(kind: str, workflow: str) -> str:
 
 def record_key(task_id: str) -> str:
     return f"t.{task_id}"
+
+
+def submitted_key(task_id: str) -> str:
+    return f"s.{task_id}"
 
 
 def idempotency_key(workflow: str, key: str) -> str:

@@ -40,7 +40,7 @@ class TestNatsConformance(BackendConformance):
         the holder's ack, extend and release fail)."""
         key = f"t.{claim.task_id}"
         for _ in range(10):
-            found = await backend.records.read(key)
+            found = await backend._lookup(claim.task_id)  # t.<id>, or s.<id> before any write
             if found is None or found.gone:
                 break
             try:

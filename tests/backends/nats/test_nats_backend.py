@@ -32,7 +32,7 @@ from salvador_core import (
     Workflow,
 )
 from salvador_core.config import connect
-from salvador_core.task import Task, TaskStatus, new_task_id
+from salvador_core.task import Task, TaskStatus, encode_task, new_task_id
 from salvador_nats import NatsBackend
 from salvador_nats.layout import consumer_name, token
 from salvador_nats.pulls import _AtOnce, _route_at_once
@@ -273,6 +273,104 @@ async def test_listing_never_reports_an_empty_bucket_that_holds_records(backend:
     assert (await backend.list()).tasks == [], "a bucket holding only delete markers lists nothing"
 
 
+# -- a submit's message carries its record ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_first_delivery_is_claimed_unread_and_a_task_written_since_never_runs(
+    nats_url: str, nats_names: tuple[str, str]
+) -> None:
+    # The first delivery of a submit's message is claimed from the record in its body. A
+    # task written since (cancelled here, by another process) must not run: the ownership
+    # write, a create of t.<id>, is refused. The message comes back after its AckWait, is
+    # read this time, and is handed out as the terminal task it is (the engine acks it).
+    stream, bucket = nats_names
+    url = f"{nats_url}?stream={stream}&bucket={bucket}"
+    async with NatsBackend.from_url(url) as worker, NatsBackend.from_url(url) as admin:
+        task = await admin.submit(Task(id=new_task_id(), workflow="wf"))
+        cancelled = await admin.update(task.evolve(status=TaskStatus.CANCELLED), 1)
+        claim = await worker.claim("wf", lease=1, wait=2)
+        assert claim is not None
+        assert claim.task is not None
+        assert (claim.deliveries, claim.task.status) == (1, TaskStatus.PENDING)
+        with pytest.raises(ConflictError) as refused:
+            await worker.update(claim.task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
+        assert refused.value.actual_version == cancelled.version
+        assert await admin.get(task.id) == cancelled
+        again = await worker.claim("wf", lease=30, wait=3)
+        assert again is not None
+        assert again.task is not None
+        assert (again.deliveries, again.task.status) == (2, TaskStatus.CANCELLED)
+        await worker.ack(again)
+
+
+@pytest.mark.asyncio
+async def test_a_submits_message_whose_record_never_came_runs_from_its_body(
+    nats_url: str, nats_names: tuple[str, str]
+) -> None:
+    # Its producer died between the publish and the record: the message carries the
+    # record, so the task runs, on its first delivery and on a later one (a claimer that
+    # died before taking ownership), and its record is there afterwards.
+    stream, bucket = nats_names
+    url = f"{nats_url}?stream={stream}&bucket={bucket}"
+    async with NatsBackend.from_url(url) as died, NatsBackend.from_url(url) as worker:
+        task = Task(id=new_task_id(), workflow="wf", body=b"payload").evolve(version=1)
+        await died._publish("wf", task.id, version=1, not_before=None, record=encode_task(task))
+        first = await died.claim("wf", lease=1, wait=2)
+        assert first is not None
+        assert first.task == task
+        claim = await worker.claim("wf", lease=30, wait=3)  # after the first claim's AckWait
+        assert claim is not None
+        assert (claim.deliveries, claim.task) == (2, task)
+        owned = await worker.update(task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
+        await worker.settle(owned.evolve(status=TaskStatus.COMPLETED, owner=None), owned.version, claim)
+        stored = await died.get(task.id)
+        assert stored is not None
+        assert (stored.status, stored.body) == (TaskStatus.COMPLETED, b"payload")
+
+
+@pytest.mark.asyncio
+async def test_a_deleted_tasks_queued_message_is_claimed_but_never_runs_and_is_dropped(
+    backend: NatsBackend,
+) -> None:
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
+    assert await backend.delete(task.id)
+    claim = await backend.claim("wf", lease=1, wait=2)  # unread: it cannot know
+    assert claim is not None
+    assert claim.task is not None
+    with pytest.raises(ConflictError) as refused:  # the create of t.<id> meets its marker
+        await backend.update(claim.task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
+    assert refused.value.actual_version is None
+    assert await backend.claim("wf", lease=30, wait=2.5) is None  # read this time: gone, acked
+
+    async def queue_empty() -> bool:
+        return (await backend.js.stream_info(backend.settings.stream)).state.messages == 0
+
+    deadline = time.monotonic() + 3
+    while not await queue_empty():
+        assert time.monotonic() < deadline, "a deleted task's message was kept"
+        await asyncio.sleep(0.05)
+    assert await backend.get(task.id) is None
+    assert (await backend.list()).tasks == []
+
+
+@pytest.mark.asyncio
+async def test_a_message_body_that_is_not_its_record_is_read_past(backend: NatsBackend) -> None:
+    # A body whose record does not decode, or is another task's, is not trusted: the
+    # record is read as for any other message.
+    task = await backend.submit(Task(id=new_task_id(), workflow="wf", body=b"stored"))
+    assert await backend.claim("wf", lease=30, wait=2) is not None  # the submit's own message
+    other = Task(id=new_task_id(), workflow="wf").evolve(version=1)
+    for n, body in enumerate((b"{not json", encode_task(other), encode_task(task.evolve(version=2)))):
+        backend._held.clear()  # as if the claims before were another process's
+        backend._revisions.clear()
+        await backend._publish("wf", task.id, version=1, not_before=None, record=body, suffix=f".{n}")
+        claim = await backend.claim("wf", lease=30, wait=2)
+        assert claim is not None
+        assert claim.task is not None
+        assert (claim.task_id, claim.task.body) == (task.id, b"stored"), body
+
+
 @pytest.mark.asyncio
 async def test_duplicate_submit_publishes_nothing_new(backend: NatsBackend) -> None:
     first = await backend.submit(Task(id=new_task_id(), workflow="wf", idempotency_key="k"))
@@ -333,12 +431,13 @@ async def test_claim_many_cancelled_while_waiting_or_taking_holds_nothing(
 
 
 @pytest.mark.asyncio
-async def test_one_step_costs_three_request_replies_and_a_release_after_a_write_one(
+async def test_one_step_costs_two_request_replies_and_a_release_after_a_write_one(
     backend: NatsBackend,
 ) -> None:
-    # The hot path of a one-step task: the claim reads the record; taking ownership and the
-    # final write are one compare-and-set each and carry the lease with them (no lease
-    # write of their own); the ack is not waited for.
+    # The hot path of a one-step task: the claim takes the record from the submit's message
+    # (no read); taking ownership (a create) and the final write are one compare-and-set
+    # each and carry the lease with them (no lease write of their own); the ack is not
+    # waited for.
     await backend.submit(Task(id=new_task_id(), workflow="wf"))
     await backend.claim_many("wf", 1, lease=30, wait=0)  # the consumer exists: not counted
     task = await backend.submit(Task(id=new_task_id(), workflow="wf"))
@@ -355,7 +454,7 @@ async def test_one_step_costs_three_request_replies_and_a_release_after_a_write_
     (claim,) = await backend.claim_many("wf", 1, lease=30, wait=2)
     owned = await backend.update(task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="me"), 1)
     await backend.settle(owned.evolve(status=TaskStatus.COMPLETED, owner=None), owned.version, claim)
-    assert sent == ["GET", bucket_of(backend), bucket_of(backend)], sent
+    assert sent == [bucket_of(backend), bucket_of(backend)], sent
 
     sent.clear()
     retried = await backend.submit(Task(id=new_task_id(), workflow="wf"))
@@ -364,7 +463,7 @@ async def test_one_step_costs_three_request_replies_and_a_release_after_a_write_
     owned = await backend.update(retried.evolve(status=TaskStatus.RUNNING, attempt=1, owner="me"), 1)
     pending = await backend.update(owned.evolve(status=TaskStatus.PENDING, owner=None), owned.version)
     await backend.release(claim, delay=60)  # its lease ends with one compare-and-set, no read
-    assert sent == ["GET", bucket_of(backend), bucket_of(backend), bucket_of(backend)], sent
+    assert sent == [bucket_of(backend), bucket_of(backend), bucket_of(backend)], sent
     with pytest.raises(LeaseLostError):
         await backend.extend(claim, lease=30)
     stored = await backend.get(retried.id)
