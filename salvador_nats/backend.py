@@ -95,7 +95,7 @@ from salvador_nats.claims import Claimer
 from salvador_nats.connection import NatsSettings, provision
 from salvador_nats.delays import Promoter
 from salvador_nats.durability import nats_findings
-from salvador_nats.pulls import Inbox, api_next
+from salvador_nats.pulls import Inbox, api_next, publish
 from salvador_nats.records import Published, Records, Stored
 
 __all__ = ["NatsBackend"]
@@ -590,7 +590,7 @@ class NatsBackend:
         stored = await self._write(
             task.evolve(version=expected_version + 1, updated_at=utcnow()), expected_version, lease=reply
         )
-        await self.nc.publish(reply, b"+ACK")
+        await publish(self.nc, reply, b"+ACK", "", None)
         self._forget_claim(claim)
         return stored
 
@@ -853,7 +853,9 @@ class NatsBackend:
             ack_wait = float(ready.config.ack_wait or lease)
             claimer = Claimer(
                 self._inbox_or_fail(), api_next(stream, ready.name),
-                take=functools.partial(self._take, workflow, ack_wait), drop=self._forget_claim,
+                take=functools.partial(self._take, workflow, ack_wait),
+                take_now=functools.partial(self._take_unread, workflow, ack_wait),
+                drop=self._forget_claim,
             )
             queue = _Queue(workflow, ack_wait, promoter, claimer)
             self._queues[workflow] = queue
@@ -907,6 +909,9 @@ class NatsBackend:
           server has redelivered it or will; an ack or nak from it would act on a newer
           delivery's message.
         """
+        claim = self._take_unread(workflow, ack_wait, msg, lease, sent_at)
+        if claim is not None:
+            return claim
         head, _, record = msg.data.partition(b"\n")
         task_id = head.decode(errors="replace")
         if not layout.TASK_ID.match(task_id):
@@ -954,6 +959,35 @@ class NatsBackend:
             await self.nc.publish(msg.reply, _nak(lease))  # this delivery's timer: `lease`
         self._hold(task_id, _Held(msg.reply, deadline, found.data, found.revision))
         return Claim(task_id, workflow, f"{found.revision} {msg.reply}", deliveries, deadline, task)
+
+    def _take_unread(
+        self, workflow: str, ack_wait: float, msg: Msg, lease: float, sent_at: float
+    ) -> Claim | None:
+        """`_take`'s claim of a submit's first delivery, made here and now, with no read and
+        nothing sent; None wherever `_take` has more to do (any other message, a stale
+        delivery, a task held through another message, a lease that needs its own timer).
+        Most deliveries of a busy queue are such first deliveries: taking them without a
+        coroutine of their own is what `Claimer` asks this for."""
+        head, _, record = msg.data.partition(b"\n")
+        if not record or abs(ack_wait - lease) >= 0.001:
+            return None
+        headers = msg.headers
+        if headers is None or headers.get(layout.HEADER_VERSION) != "1":
+            return None
+        deliveries = layout.delivery_of(msg.reply)[1]
+        task_id = head.decode(errors="replace")
+        if deliveries != 1 or not layout.TASK_ID.match(task_id):
+            return None
+        deadline = sent_at + lease
+        local = self._held.get(task_id)
+        if local is not None or self.clock() > deadline - LEASE_MARGIN:
+            return None
+        submitted = self._submitted(task_id, record)
+        if submitted is None:
+            return None
+        found, task = submitted
+        self._hold(task_id, _Held(msg.reply, deadline, found.data, 0))
+        return Claim(task_id, workflow, f"0 {msg.reply}", 1, deadline, task)
 
     def _submitted(self, task_id: str, record: bytes) -> tuple[Stored, Task] | None:
         """The record a submit's message carries (version 1) as the claim's record, at

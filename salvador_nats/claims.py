@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 
@@ -23,15 +23,21 @@ from salvador_nats.pulls import Inbox
 
 #: Turns a delivery into a claim (or deals with it and returns None): (msg, lease, sent_at).
 Take = Callable[[Msg, float, float], Coroutine[Any, Any, Claim | None]]
+#: The claim `Take` would make, where it needs no round trip: made at once, nothing sent.
+#: None: `Take` has more to do for this delivery.
+TakeNow = Callable[[Msg, float, float], Claim | None]
 
 
 class Claimer:
     """Claims of one workflow for one process, oldest delivery first."""
 
-    def __init__(self, inbox: Inbox, next_subject: str, *, take: Take, drop: Callable[[Claim], None]) -> None:
+    def __init__(
+        self, inbox: Inbox, next_subject: str, *, take: Take, take_now: TakeNow, drop: Callable[[Claim], None]
+    ) -> None:
         self.inbox = inbox
         self.next_subject = next_subject  # where pull requests for ready tasks go
         self.take = take
+        self.take_now = take_now
         self.drop = drop  # forgets a claim made but never handed out
 
     async def claim_many(self, limit: int, lease: float, wait: float) -> list[Claim]:
@@ -84,12 +90,17 @@ class Claimer:
         return got, pull.sent_at
 
     async def _take_all(self, got: list[Msg], lease: float, sent_at: float) -> list[Claim]:
-        """Each delivery turned into a claim (or dealt with), together. If that is cancelled,
-        every delivery not dealt with is handed back and the claims made are forgotten;
-        deliveries whose turn failed are handed back, and if every turn failed, the first
-        failure is raised."""
+        """Each delivery turned into a claim (or dealt with), together: at once where that
+        needs no round trip (`take_now`), else in a task of its own, so that the reads go
+        out together. If that is cancelled, every delivery not dealt with is handed back and
+        the claims made are forgotten; deliveries whose turn failed are handed back, and if
+        every turn failed, the first failure is raised."""
+        now = [self._now(msg, lease, sent_at) for msg in got]
+        if None not in now:
+            return cast(list[Claim], now)
         start = asyncio.get_running_loop().create_task
-        works = [start(self._outcome(msg, lease, sent_at)) for msg in got]
+        works = [start(self._outcome(msg, lease, sent_at)) if made is None else _made(made)
+                 for msg, made in zip(got, now, strict=True)]
         try:
             # In delivery order: the reads went out together and come back in about that
             # order, so most are done by the time their turn comes (no callback each, as a
@@ -114,6 +125,13 @@ class Claimer:
             raise failure
         return claims
 
+    def _now(self, msg: Msg, lease: float, sent_at: float) -> Claim | None:
+        """`take_now`'s claim, or None (also if it failed: `take` then deals with it)."""
+        try:
+            return self.take_now(msg, lease, sent_at)
+        except Exception:
+            return None
+
     async def _outcome(self, msg: Msg, lease: float, sent_at: float) -> Claim | Exception | None:
         """`take`'s claim for `msg`, or the exception its turn failed with."""
         try:
@@ -130,3 +148,10 @@ class Claimer:
             self.drop(outcome)
         if outcome is not None:
             self.inbox.give_back(msg)
+
+
+def _made(claim: Claim) -> asyncio.Future[Claim | Exception | None]:
+    """A claim made already, as a finished future beside the ones still being made."""
+    done: asyncio.Future[Claim | Exception | None] = asyncio.get_running_loop().create_future()
+    done.set_result(claim)
+    return done

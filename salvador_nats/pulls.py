@@ -287,13 +287,17 @@ def _has_lean_shape(client_class: type) -> bool:
 
 
 def _command(subject: str, reply: str, payload: bytes, headers: dict[str, str] | None) -> bytes | None:
-    """The `PUB` or `HPUB` command `nc.publish` would queue; None for anything it would
-    refuse or rewrite."""
+    """The `PUB` or `HPUB` command `nc.publish` would queue (`reply` "" for none, as an
+    ack has: only `PUB` takes that); None for anything it would refuse or rewrite."""
     both = subject + reply
     if not subject or " " in both or "\t" in both or "\r" in both or "\n" in both:
         return None
     if not headers:
+        if not reply:
+            return b"PUB %b %d\r\n%b\r\n" % (subject.encode(), len(payload), payload)
         return b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    if not reply:
+        return None  # headers without a reply: nothing here sends such a message
     block = "NATS/1.0\r\n"
     for name, value in headers.items():
         if name not in HEADERS or "\r" in value or "\n" in value:

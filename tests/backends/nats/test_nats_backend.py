@@ -35,7 +35,7 @@ from salvador_core.config import connect
 from salvador_core.task import Task, TaskStatus, encode_task, new_task_id
 from salvador_nats import NatsBackend
 from salvador_nats.layout import consumer_name, token
-from salvador_nats.pulls import _AtOnce, _route_at_once
+from salvador_nats.pulls import _AtOnce, _command, _route_at_once
 from tests.helpers.nats_servers import ServerFactory
 
 
@@ -431,6 +431,42 @@ async def test_claim_many_cancelled_while_waiting_or_taking_holds_nothing(
 
 
 @pytest.mark.asyncio
+async def test_a_batch_cancelled_while_reading_hands_back_the_claims_it_made_without_a_read(
+    nats_url: str, nats_names: tuple[str, str],
+) -> None:
+    # A batch whose first deliveries are claimed at once (no read) and whose last needs a
+    # read: cancelled during that read, it hands every delivery back, the ones claimed
+    # already too, and keeps no claim on them.
+    stream, bucket = nats_names
+    url = f"{nats_url}?stream={stream}&bucket={bucket}"
+    async with NatsBackend.from_url(url) as first, NatsBackend.from_url(url) as second:
+        ids = [(await second.submit(Task(id=new_task_id(), workflow="wf"))).id for _ in range(2)]
+        plain = Task(id=new_task_id(), workflow="wf")
+        await second.create(plain)
+        await second.enqueue("wf", plain.id)  # a message without a record body: read at its claim
+        reading = asyncio.Event()
+        read = first.records.read
+
+        async def slow(key: str) -> object:
+            reading.set()
+            await asyncio.sleep(10)
+            return await read(key)
+
+        first.records.read = slow  # type: ignore[method-assign]
+        batch = asyncio.create_task(first.claim_many("wf", 3, lease=30, wait=3))
+        await asyncio.wait_for(reading.wait(), 5)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        assert first._held == {}, "a claim made before the cancel is still held"
+        started = time.monotonic()
+        got: set[str] = set()
+        while len(got) < 3 and time.monotonic() - started < 5:
+            got |= {c.task_id for c in await second.claim_many("wf", 3, lease=30, wait=0.5)}
+        assert got == {*ids, plain.id}, "a cancelled batch kept deliveries until their AckWait"
+
+
+@pytest.mark.asyncio
 async def test_one_step_costs_two_request_replies_and_a_release_after_a_write_one(
     backend: NatsBackend,
 ) -> None:
@@ -514,6 +550,24 @@ def test_a_subscription_without_the_expected_internals_keeps_its_callback_path()
         before = sub._pending_queue
         _route_at_once(sub, lambda msg: None)  # type: ignore[arg-type]
         assert sub._pending_queue is before
+
+
+def test_commands_are_what_nats_py_would_queue_and_anything_else_is_left_to_it() -> None:
+    assert _command("a.b", "_INBOX.x.1", b"hi", None) == b"PUB a.b _INBOX.x.1 2\r\nhi\r\n"
+    assert _command("$JS.ACK.s.c.1.2.3.4.0", "", b"+ACK", None) == b"PUB $JS.ACK.s.c.1.2.3.4.0 4\r\n+ACK\r\n"
+    head = b"NATS/1.0\r\nSalvador-Version: 1\r\n\r\n"
+    assert _command("a.b", "r", b"x", {"Salvador-Version": "1"}) == (
+        b"HPUB a.b r %d %d\r\n%bx\r\n" % (len(head), len(head) + 1, head)
+    )
+    for subject, reply, headers in [
+        ("a b", "r", None),  # a blank would split the command
+        ("a.b", "r\n", None),
+        ("", "r", None),
+        ("a.b", "r", {"X-Other": "1"}),  # not a header of ours: nats-py checks it
+        ("a.b", "r", {"Salvador-Version": "1\r\n"}),
+        ("a.b", "", {"Salvador-Version": "1"}),  # headers without a reply
+    ]:
+        assert _command(subject, reply, b"x", headers) is None, (subject, reply, headers)
 
 
 def bucket_of(backend: NatsBackend) -> str:
