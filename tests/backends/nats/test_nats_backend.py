@@ -46,6 +46,15 @@ async def backend(nats_url: str, nats_names: tuple[str, str]) -> AsyncIterator[N
         yield b
 
 
+@pytest_asyncio.fixture
+async def pair(nats_url: str, nats_names: tuple[str, str]) -> AsyncIterator[tuple[NatsBackend, NatsBackend]]:
+    """Two instances on one stream and bucket, as two processes have."""
+    stream, bucket = nats_names
+    url = f"{nats_url}?stream={stream}&bucket={bucket}"
+    async with NatsBackend.from_url(url) as first, NatsBackend.from_url(url) as second:
+        yield first, second
+
+
 async def pending_acks(backend: NatsBackend, workflow: str) -> int:
     info = await backend.js.consumer_info(backend.settings.stream, consumer_name("q", workflow))
     return int(info.num_ack_pending or 0)
@@ -278,55 +287,51 @@ async def test_listing_never_reports_an_empty_bucket_that_holds_records(backend:
 
 @pytest.mark.asyncio
 async def test_a_first_delivery_is_claimed_unread_and_a_task_written_since_never_runs(
-    nats_url: str, nats_names: tuple[str, str]
+    pair: tuple[NatsBackend, NatsBackend],
 ) -> None:
     # The first delivery of a submit's message is claimed from the record in its body. A
     # task written since (cancelled here, by another process) must not run: the ownership
     # write, a create of t.<id>, is refused. The message comes back after its AckWait, is
     # read this time, and is handed out as the terminal task it is (the engine acks it).
-    stream, bucket = nats_names
-    url = f"{nats_url}?stream={stream}&bucket={bucket}"
-    async with NatsBackend.from_url(url) as worker, NatsBackend.from_url(url) as admin:
-        task = await admin.submit(Task(id=new_task_id(), workflow="wf"))
-        cancelled = await admin.update(task.evolve(status=TaskStatus.CANCELLED), 1)
-        claim = await worker.claim("wf", lease=1, wait=2)
-        assert claim is not None
-        assert claim.task is not None
-        assert (claim.deliveries, claim.task.status) == (1, TaskStatus.PENDING)
-        with pytest.raises(ConflictError) as refused:
-            await worker.update(claim.task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
-        assert refused.value.actual_version == cancelled.version
-        assert await admin.get(task.id) == cancelled
-        again = await worker.claim("wf", lease=30, wait=3)
-        assert again is not None
-        assert again.task is not None
-        assert (again.deliveries, again.task.status) == (2, TaskStatus.CANCELLED)
-        await worker.ack(again)
+    worker, admin = pair
+    task = await admin.submit(Task(id=new_task_id(), workflow="wf"))
+    cancelled = await admin.update(task.evolve(status=TaskStatus.CANCELLED), 1)
+    claim = await worker.claim("wf", lease=1, wait=2)
+    assert claim is not None
+    assert claim.task is not None
+    assert (claim.deliveries, claim.task.status) == (1, TaskStatus.PENDING)
+    with pytest.raises(ConflictError) as refused:
+        await worker.update(claim.task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
+    assert refused.value.actual_version == cancelled.version
+    assert await admin.get(task.id) == cancelled
+    again = await worker.claim("wf", lease=30, wait=3)
+    assert again is not None
+    assert again.task is not None
+    assert (again.deliveries, again.task.status) == (2, TaskStatus.CANCELLED)
+    await worker.ack(again)
 
 
 @pytest.mark.asyncio
 async def test_a_submits_message_whose_record_never_came_runs_from_its_body(
-    nats_url: str, nats_names: tuple[str, str]
+    pair: tuple[NatsBackend, NatsBackend],
 ) -> None:
     # Its producer died between the publish and the record: the message carries the
     # record, so the task runs, on its first delivery and on a later one (a claimer that
     # died before taking ownership), and its record is there afterwards.
-    stream, bucket = nats_names
-    url = f"{nats_url}?stream={stream}&bucket={bucket}"
-    async with NatsBackend.from_url(url) as died, NatsBackend.from_url(url) as worker:
-        task = Task(id=new_task_id(), workflow="wf", body=b"payload").evolve(version=1)
-        await died._publish("wf", task.id, version=1, not_before=None, record=encode_task(task))
-        first = await died.claim("wf", lease=1, wait=2)
-        assert first is not None
-        assert first.task == task
-        claim = await worker.claim("wf", lease=30, wait=3)  # after the first claim's AckWait
-        assert claim is not None
-        assert (claim.deliveries, claim.task) == (2, task)
-        owned = await worker.update(task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
-        await worker.settle(owned.evolve(status=TaskStatus.COMPLETED, owner=None), owned.version, claim)
-        stored = await died.get(task.id)
-        assert stored is not None
-        assert (stored.status, stored.body) == (TaskStatus.COMPLETED, b"payload")
+    died, worker = pair
+    task = Task(id=new_task_id(), workflow="wf", body=b"payload").evolve(version=1)
+    await died._publish("wf", task.id, version=1, not_before=None, record=encode_task(task))
+    first = await died.claim("wf", lease=1, wait=2)
+    assert first is not None
+    assert first.task == task
+    claim = await worker.claim("wf", lease=30, wait=3)  # after the first claim's AckWait
+    assert claim is not None
+    assert (claim.deliveries, claim.task) == (2, task)
+    owned = await worker.update(task.evolve(status=TaskStatus.RUNNING, attempt=1, owner="w"), 1)
+    await worker.settle(owned.evolve(status=TaskStatus.COMPLETED, owner=None), owned.version, claim)
+    stored = await died.get(task.id)
+    assert stored is not None
+    assert (stored.status, stored.body) == (TaskStatus.COMPLETED, b"payload")
 
 
 @pytest.mark.asyncio
@@ -432,38 +437,36 @@ async def test_claim_many_cancelled_while_waiting_or_taking_holds_nothing(
 
 @pytest.mark.asyncio
 async def test_a_batch_cancelled_while_reading_hands_back_the_claims_it_made_without_a_read(
-    nats_url: str, nats_names: tuple[str, str],
+    pair: tuple[NatsBackend, NatsBackend],
 ) -> None:
     # A batch whose first deliveries are claimed at once (no read) and whose last needs a
     # read: cancelled during that read, it hands every delivery back, the ones claimed
     # already too, and keeps no claim on them.
-    stream, bucket = nats_names
-    url = f"{nats_url}?stream={stream}&bucket={bucket}"
-    async with NatsBackend.from_url(url) as first, NatsBackend.from_url(url) as second:
-        ids = [(await second.submit(Task(id=new_task_id(), workflow="wf"))).id for _ in range(2)]
-        plain = Task(id=new_task_id(), workflow="wf")
-        await second.create(plain)
-        await second.enqueue("wf", plain.id)  # a message without a record body: read at its claim
-        reading = asyncio.Event()
-        read = first.records.read
+    first, second = pair
+    ids = [(await second.submit(Task(id=new_task_id(), workflow="wf"))).id for _ in range(2)]
+    plain = Task(id=new_task_id(), workflow="wf")
+    await second.create(plain)
+    await second.enqueue("wf", plain.id)  # a message without a record body: read at its claim
+    reading = asyncio.Event()
+    read = first.records.read
 
-        async def slow(key: str) -> object:
-            reading.set()
-            await asyncio.sleep(10)
-            return await read(key)
+    async def slow(key: str) -> object:
+        reading.set()
+        await asyncio.sleep(10)
+        return await read(key)
 
-        first.records.read = slow  # type: ignore[method-assign]
-        batch = asyncio.create_task(first.claim_many("wf", 3, lease=30, wait=3))
-        await asyncio.wait_for(reading.wait(), 5)
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await batch
-        assert first._held == {}, "a claim made before the cancel is still held"
-        started = time.monotonic()
-        got: set[str] = set()
-        while len(got) < 3 and time.monotonic() - started < 5:
-            got |= {c.task_id for c in await second.claim_many("wf", 3, lease=30, wait=0.5)}
-        assert got == {*ids, plain.id}, "a cancelled batch kept deliveries until their AckWait"
+    first.records.read = slow  # type: ignore[method-assign]
+    batch = asyncio.create_task(first.claim_many("wf", 3, lease=30, wait=3))
+    await asyncio.wait_for(reading.wait(), 5)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert first._held == {}, "a claim made before the cancel is still held"
+    started = time.monotonic()
+    got: set[str] = set()
+    while len(got) < 3 and time.monotonic() - started < 5:
+        got |= {c.task_id for c in await second.claim_many("wf", 3, lease=30, wait=0.5)}
+    assert got == {*ids, plain.id}, "a cancelled batch kept deliveries until their AckWait"
 
 
 @pytest.mark.asyncio
