@@ -45,7 +45,8 @@ MAX_CONSUMER_NAME = 120
 HEADER_MSG_ID = "Nats-Msg-Id"
 #: The record version a message was published for (a submit: 1; a requeue: the version it
 #: writes). A claimer that finds an older record waits for the write still in flight, and
-#: drops the message once the publisher's grace is over (it crashed before writing).
+#: drops the message once the publisher's grace is over (it crashed before writing); a
+#: submit's message, which carries its record, is run from that record instead.
 HEADER_VERSION = "Salvador-Version"
 #: Due time of a delayed message, epoch milliseconds.
 HEADER_DUE = "Salvador-Due"

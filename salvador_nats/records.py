@@ -1,8 +1,9 @@
 """Task records in the KV bucket, read and written through the inbox with their headers.
 
-A record is the KV entry `t.<id>`: its value is the encoded task, its revision the fence of
-every write, and its `Salvador-Lease` header names the delivery (ack subject) that holds
-the task, written with the record by the holder's own writes (see backend.py). nats-py's
+A record is the KV entry `t.<id>` (or, until anything wrote the task after its submit,
+`s.<id>`): its value is the encoded task, its revision the fence of every write, and its
+`Salvador-Lease` header names the delivery (ack subject) that holds the task, written with
+the record by the holder's own writes (see backend.py). nats-py's
 KV handle reads neither headers nor timestamps and parses every stored header through the
 e-mail parser; the hot path (a read per claim, a write per checkpoint) goes through these
 two calls instead. Reads go to the stream leader (`STREAM.MSG.GET`, never `DIRECT.GET`,
