@@ -160,6 +160,11 @@ class Run:
             task = await self._load()
             if task is not None:
                 await self._drive(task)
+        except _Finished:
+            # Cancelled, or finished through another claim, after this claim was made (a
+            # backend may hand out the task with its claim): as for a claim whose record
+            # is finished already, the claim is done.
+            await self._ack()
         except ConflictError as exc:
             gone = exc.actual_version is None
             self.observer.lease_lost(
@@ -562,6 +567,8 @@ class Run:
         except ConflictError:
             current = await self.backend.get(task.id)
             if current is None or current.owner != self.owner:
+                if self.task is None and current is not None and current.status.terminal:
+                    raise _Finished from None  # before this run's first write: nothing to do
                 raise
             stored = await self._cas(
                 task.evolve(cancel_requested=current.cancel_requested), current.version, final
@@ -586,6 +593,10 @@ class Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+class _Finished(Exception):
+    """The task was finished by someone else before this run's first write landed."""
 
 
 def _reason(value: object) -> DeadLetter | None:
