@@ -892,6 +892,7 @@ class NatsBackend:
     ) -> Claim | None:
         """Turn a delivered message into a claim, or deal with it and return None:
 
+        - a message in a format this version does not know is left for a newer worker;
         - the first delivery of a submit's message is claimed from the record in its body,
           without a read (`_submitted`); a later one reads the record, and if there is none
           at all (its producer died before writing it) runs from the body too, unless the
@@ -912,6 +913,15 @@ class NatsBackend:
         claim = self._take_unread(workflow, ack_wait, msg, lease, sent_at)
         if claim is not None:
             return claim
+        form = (msg.headers or {}).get(layout.HEADER_FORMAT, layout.MESSAGE_FORMAT)
+        if form != layout.MESSAGE_FORMAT:
+            log.warning(
+                "a message of workflow %r is in format %r, newer than this salvador's (%s): left "
+                "for a worker that knows it (upgrade salvador on this worker)",
+                workflow, form, layout.MESSAGE_FORMAT,
+            )
+            await self.nc.publish(msg.reply, _nak(lease))
+            return None
         head, _, record = msg.data.partition(b"\n")
         task_id = head.decode(errors="replace")
         if not layout.TASK_ID.match(task_id):
@@ -972,7 +982,7 @@ class NatsBackend:
         if not record or abs(ack_wait - lease) >= 0.001:
             return None
         headers = msg.headers
-        if headers is None or headers.get(layout.HEADER_VERSION) != "1":
+        if headers is None or headers.get(layout.HEADER_VERSION) != "1" or layout.HEADER_FORMAT in headers:
             return None
         deliveries = layout.delivery_of(msg.reply)[1]
         task_id = head.decode(errors="replace")

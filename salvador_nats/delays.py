@@ -23,7 +23,7 @@ import time
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from salvador_nats.layout import HEADER_DUE, HEADER_MSG_ID, HEADER_VERSION
+from salvador_nats.layout import HEADER_DUE, HEADER_FORMAT, HEADER_MSG_ID, HEADER_VERSION
 from salvador_nats.pulls import Inbox, api_next
 
 log = logging.getLogger("salvador.nats")
@@ -99,7 +99,7 @@ class Promoter:
                 delay_ns = int((due - now_ms) * 1e6)
                 await self.inbox.nc.publish(msg.reply, b"-NAK " + json.dumps({"delay": delay_ns}).encode())
                 continue
-            headers = {k: v for k, v in (msg.headers or {}).items() if k in (HEADER_VERSION,)}
+            headers = {k: v for k, v in (msg.headers or {}).items() if k in (HEADER_VERSION, HEADER_FORMAT)}
             msg_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
             headers[HEADER_MSG_ID] = msg_id.removesuffix(".d")
             await self.js.publish(self.ready, msg.data, headers=headers)

@@ -50,6 +50,12 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_VERSION = "Salvador-Version"
 #: Due time of a delayed message, epoch milliseconds.
 HEADER_DUE = "Salvador-Due"
+#: The format of a message's body where it is not `MESSAGE_FORMAT` (this version writes
+#: none: the task id, and for a submit a newline and its record). A worker leaves a message
+#: in a format it does not know to a newer worker (`-NAK` with its lease as delay) instead
+#: of taking its body for something it is not, so a later format can reach producers first.
+HEADER_FORMAT = "Salvador-Format"
+MESSAGE_FORMAT = "1"
 #: On a record: the ack subject of the delivery holding the task (absent: nobody holds it).
 HEADER_LEASE = "Salvador-Lease"
 #: On a write: the KV revision the key must still be at (JetStream's own header).

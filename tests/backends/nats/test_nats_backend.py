@@ -34,7 +34,7 @@ from salvador_core import (
 from salvador_core.config import connect
 from salvador_core.task import Task, TaskStatus, encode_task, new_task_id
 from salvador_nats import NatsBackend
-from salvador_nats.layout import consumer_name, token
+from salvador_nats.layout import consumer_name, delayed_subject, ready_subject, token
 from salvador_nats.pulls import _AtOnce, _command, _route_at_once
 from tests.helpers.nats_servers import ServerFactory
 
@@ -374,6 +374,31 @@ async def test_a_message_body_that_is_not_its_record_is_read_past(backend: NatsB
         assert claim is not None
         assert claim.task is not None
         assert (claim.task_id, claim.task.body) == (task.id, b"stored"), body
+
+
+@pytest.mark.asyncio
+async def test_a_message_in_a_newer_format_is_left_for_a_newer_worker(
+    backend: NatsBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A producer of a later version may queue messages this version cannot read: they are
+    # handed back for a worker that can (never taken for a task id, never dropped), and a
+    # delayed one keeps its format when this version's promoter moves it to the ready queue.
+    stream = backend.settings.stream
+    await backend.claim("wf", lease=1, wait=0)  # the consumers exist, the promoter runs
+    newer = {"Salvador-Format": "2", "Salvador-Version": "1"}
+    ready = ready_subject(stream, "wf")
+    await backend.records.publish(ready, b"whatever 2 is", {**newer, "Nats-Msg-Id": "n1"})
+    due = str(int((time.time() + 0.3) * 1000))
+    await backend.records.publish(
+        delayed_subject(stream, "wf"), b"later", {**newer, "Nats-Msg-Id": "n2.d", "Salvador-Due": due}
+    )
+    with caplog.at_level(logging.WARNING, logger="salvador"):
+        assert await backend.claim("wf", lease=1, wait=1.5) is None
+    assert "in format '2', newer than this salvador's" in caplog.text
+    promoted = await backend.js.get_last_msg(stream, ready)
+    assert (promoted.data, (promoted.headers or {}).get("Salvador-Format")) == (b"later", "2")
+    info = await backend.js.stream_info(stream)
+    assert info.state.messages == 2, "a message in a newer format was dropped"
 
 
 @pytest.mark.asyncio
