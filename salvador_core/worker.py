@@ -282,8 +282,8 @@ def _install_signal_handlers(
             # NotImplementedError: a loop without signal support (Windows' proactor loop).
             # RuntimeError: the loop is closed, or the signal cannot be caught here.
             _signals_not_handled(sig.name, describe(exc))
-            continue
-        installed.append(sig)
+        else:
+            installed.append(sig)
     return installed
 
 

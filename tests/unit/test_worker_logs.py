@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -115,6 +117,41 @@ async def test_signals_the_loop_cannot_handle_are_named_in_a_warning(
     assert len(warned) == 2
     assert warned[0].startswith("run(): SIGTERM will not drain")
     assert warned[1].startswith("run(): SIGINT will not drain")
+
+
+@pytest.mark.asyncio
+async def test_a_signal_the_loop_refuses_is_named_and_the_other_still_drains(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RuntimeError is what a loop says for a signal it cannot catch here (or when closed):
+    # that signal is named, the other one is installed and removed again when run() ends.
+    loop = asyncio.get_running_loop()
+    add, remove = loop.add_signal_handler, loop.remove_signal_handler
+    removed: list[int] = []
+
+    def add_some(sig: int, callback: Callable[..., object], *args: object) -> None:
+        if sig == signal.SIGINT:
+            raise RuntimeError(f"sig {sig} cannot be caught")
+        add(sig, callback, *args)
+
+    def remove_noted(sig: int) -> bool:
+        removed.append(sig)
+        return remove(sig)
+
+    monkeypatch.setattr(loop, "add_signal_handler", add_some)
+    monkeypatch.setattr(loop, "remove_signal_handler", remove_noted)
+    wf = Workflow("signals").step("one", lambda ctx: None)
+    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="salvador"):
+        async with engine:
+            worker = asyncio.create_task(engine.run())  # handle_signals=True
+            await asyncio.sleep(0.1)
+            engine.stop()
+            await asyncio.wait_for(worker, 10)
+    warned = [r.getMessage() for r in caplog.records if "will not drain this worker" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].startswith("run(): SIGINT will not drain this worker (RuntimeError: sig"), warned
+    assert removed == [signal.SIGTERM]
 
 
 def test_a_worker_run_outside_the_main_thread_says_signals_will_not_drain_it(
