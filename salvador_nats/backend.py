@@ -890,7 +890,8 @@ class NatsBackend:
     async def _take(
         self, workflow: str, ack_wait: float, msg: Msg, lease: float, sent_at: float
     ) -> Claim | None:
-        """Turn a delivered message into a claim, or deal with it and return None:
+        """Turn a delivered message into a claim, or deal with it and return None (the
+        claimer asks `_take_unread` first, and this only where that had no claim):
 
         - a message in a format this version does not know is left for a newer worker;
         - the first delivery of a submit's message is claimed from the record in its body,
@@ -910,9 +911,6 @@ class NatsBackend:
           server has redelivered it or will; an ack or nak from it would act on a newer
           delivery's message.
         """
-        claim = self._take_unread(workflow, ack_wait, msg, lease, sent_at)
-        if claim is not None:
-            return claim
         form = (msg.headers or {}).get(layout.HEADER_FORMAT, layout.MESSAGE_FORMAT)
         if form != layout.MESSAGE_FORMAT:
             log.warning(
