@@ -97,6 +97,17 @@ async def _run_one(backend: MemoryBackend, caplog: pytest.LogCaptureFixture, *, 
                 await asyncio.wait_for(worker, 10)
 
 
+async def _run_and_stop(name: str) -> None:
+    """Run a worker with signal handling (the default) on a memory engine, then stop it."""
+    wf = Workflow(name).step("one", lambda ctx: None)
+    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
+    async with engine:
+        worker = asyncio.create_task(engine.run())  # handle_signals=True
+        await asyncio.sleep(0.1)
+        engine.stop()
+        await asyncio.wait_for(worker, 10)
+
+
 @pytest.mark.asyncio
 async def test_signals_the_loop_cannot_handle_are_named_in_a_warning(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -105,14 +116,8 @@ async def test_signals_the_loop_cannot_handle_are_named_in_a_warning(
         raise NotImplementedError
 
     monkeypatch.setattr(asyncio.get_running_loop(), "add_signal_handler", unsupported)
-    wf = Workflow("signals").step("one", lambda ctx: None)
-    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
     with caplog.at_level(logging.WARNING, logger="salvador"):
-        async with engine:
-            worker = asyncio.create_task(engine.run())  # handle_signals=True
-            await asyncio.sleep(0.1)
-            engine.stop()
-            await asyncio.wait_for(worker, 10)
+        await _run_and_stop("signals")
     warned = [r.getMessage() for r in caplog.records if "will not drain this worker" in r.getMessage()]
     assert len(warned) == 2
     assert warned[0].startswith("run(): SIGTERM will not drain")
@@ -140,14 +145,8 @@ async def test_a_signal_the_loop_refuses_is_named_and_the_other_still_drains(
 
     monkeypatch.setattr(loop, "add_signal_handler", add_some)
     monkeypatch.setattr(loop, "remove_signal_handler", remove_noted)
-    wf = Workflow("signals").step("one", lambda ctx: None)
-    engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
     with caplog.at_level(logging.WARNING, logger="salvador"):
-        async with engine:
-            worker = asyncio.create_task(engine.run())  # handle_signals=True
-            await asyncio.sleep(0.1)
-            engine.stop()
-            await asyncio.wait_for(worker, 10)
+        await _run_and_stop("signals")
     warned = [r.getMessage() for r in caplog.records if "will not drain this worker" in r.getMessage()]
     assert len(warned) == 1
     assert warned[0].startswith("run(): SIGINT will not drain this worker (RuntimeError: sig"), warned
@@ -157,21 +156,11 @@ async def test_a_signal_the_loop_refuses_is_named_and_the_other_still_drains(
 def test_a_worker_run_outside_the_main_thread_says_signals_will_not_drain_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    wf = Workflow("threaded").step("one", lambda ctx: None)
-
-    async def run_and_stop() -> None:
-        engine = Engine.from_url("memory://", workflows=[wf], poll_interval=0.05)
-        async with engine:
-            worker = asyncio.create_task(engine.run())  # handle_signals=True
-            await asyncio.sleep(0.1)
-            engine.stop()
-            await asyncio.wait_for(worker, 10)
-
     failures: list[BaseException] = []
 
     def in_thread() -> None:
         try:
-            asyncio.run(run_and_stop())
+            asyncio.run(_run_and_stop("threaded"))
         except BaseException as exc:
             failures.append(exc)
 
