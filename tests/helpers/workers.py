@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from salvador_core import TaskStatus
+
 APP = Path(__file__).parent / "worker_app.py"
 
 
@@ -88,6 +90,13 @@ async def submit_many(engine: Any, n: int, *, batch: int = 200, tag: str = "n") 
         chunk = range(start, min(n, start + batch))
         ids += await asyncio.gather(*(engine.submit("counted", {tag: i}) for i in chunk))
     return ids
+
+
+async def all_completed(engine: Any) -> bool:
+    """Whether every stored task is completed. A last step's effect is written before its
+    task's final write, which a fault may delay by a lease (the step then runs again):
+    wait for this, not for the effects alone, before checking the records."""
+    return all(t.status is TaskStatus.COMPLETED for t in await all_tasks(engine))
 
 
 async def all_tasks(engine: Any, workflow: str | None = None) -> list[Any]:
