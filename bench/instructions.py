@@ -12,7 +12,7 @@ drain is the rest. A tree is any checkout (e.g. `git archive <rev> | tar -x -C /
 its packages are imported through PYTHONPATH, with this bench's workload. Instructions
 are not time (cache misses, system calls and the server's work are not in them): read
 them beside `bench.py`'s table, not instead of it. Needs `valgrind` and, for the redis
-rows, the local Redis server; rows that cannot run say why.
+and nats rows, the local Redis server and NATS JetStream server; rows that cannot run say why.
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ ROWS = [
     ("sqlite", 1, 100, 300, 1300),
     ("redis", 3, 10, 200, 700),
     ("redis", 1, 100, 300, 1300),
+    ("nats", 3, 10, 200, 700),
+    ("nats", 1, 100, 300, 1300),
 ]
 REDIS_URL = os.environ.get("SALVADOR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("SALVADOR_BENCH_NATS_URL", "nats://127.0.0.1:4222")
 
 
 async def workload(backend: str, tasks: int, steps: int, concurrency: int, submit_only: bool) -> None:
@@ -55,6 +58,7 @@ async def workload(backend: str, tasks: int, steps: int, concurrency: int, submi
         "memory": "memory://",
         "sqlite": f"sqlite:///{directory}/bench.db",
         "redis": f"{REDIS_URL}?prefix={name}:",
+        "nats": f"{NATS_URL}?stream={name}&bucket={name}",
     }[backend]
     wf, done = noop_workflow(f"instructions-{steps}", steps, tasks)
     engine = Engine.from_url(url, workflows=[wf], concurrency=concurrency)
@@ -82,6 +86,16 @@ async def workload(backend: str, tasks: int, steps: int, concurrency: int, submi
             if keys:
                 await client.unlink(*keys)
             await client.aclose()
+        if backend == "nats":
+            import nats
+
+            nc = await nats.connect(NATS_URL)
+            for stream in (name, f"KV_{name}"):
+                try:
+                    await nc.jetstream().delete_stream(stream)
+                except nats.js.errors.NotFoundError:
+                    pass
+            await nc.close()
 
 
 def count(tree: Path, backend: str, tasks: int, steps: int, concurrency: int, submit_only: bool) -> int:
@@ -123,6 +137,26 @@ def redis_missing() -> str | None:
     return None
 
 
+def nats_missing() -> str | None:
+    try:
+        import nats
+    except ImportError:
+        return "nats-py not installed"
+
+    async def probe() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"no NATS JetStream at {NATS_URL} ({type(exc).__name__})"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", type=Path, help="a checkout to count (repeatable)")
@@ -138,7 +172,10 @@ def main() -> int:
         return 1
     trees = [t.resolve() for t in args.tree or [Path(__file__).resolve().parent.parent]]
     wanted = set(args.backends.split(","))
-    skip = {"redis": redis_missing()} if "redis" in wanted else {}
+    skip = {
+        "redis": redis_missing() if "redis" in wanted else None,
+        "nats": nats_missing() if "nats" in wanted else None,
+    }
     head = " | ".join(f"{t.name}: drain | submit" for t in trees)
     print(f"| backend | workflow | concurrency | {head} |")
     print("|---|---|---:|" + "---:|---:|" * len(trees))

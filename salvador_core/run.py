@@ -8,12 +8,14 @@ run stops touching it at once. A run gets what it needs in a `RunEnv`, not the e
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterator
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -108,16 +110,21 @@ class Run:
         self.task: Task | None = None
         self.step: str | None = None  # the step (or compensation) called last
         self.recording: TaskError | None = None  # a step failure being written
-        self.log = TaskLog(env.log, self.log_fields)
-        self.caller = StepCaller(env.threads, env.observer)
+        # Nothing this run holds refers back to it (its log fields go through a weak
+        # reference, the heartbeat's callbacks to the caller only), so a finished run is
+        # freed at once, not left with its task, claim and coroutine for the cycle collector;
+        # nor do contexts copied from the run's task (by its timers) keep it.
+        self.fields = _fields_of(weakref.ref(self))
+        self.log = TaskLog(env.log, self.fields)
+        self.caller = caller = StepCaller(env.threads, env.observer)
         self.heartbeat = Heartbeat(
             env.backend,
             env.backend,
             claim,
             lease=env.lease,
             owner=self.owner,
-            on_lost=lambda: self.caller.interrupt("lost"),
-            on_cancel=lambda: self.caller.interrupt("cancelled"),
+            on_lost=functools.partial(caller.interrupt, "lost"),
+            on_cancel=functools.partial(caller.interrupt, "cancelled"),
             log=self.log,
         )
         self.compensating = False
@@ -155,7 +162,7 @@ class Run:
     # -- the outline ---------------------------------------------------------------------------
 
     async def handle(self) -> None:
-        reporting = run_fields.set(self.log_fields)  # for the hooks given only a claim
+        reporting = run_fields.set(self.fields)  # for the hooks given only a claim
         try:
             task = await self._load()
             if task is not None:
@@ -593,6 +600,16 @@ class Run:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _fields_of(run: weakref.ref[Run]) -> Callable[[], dict[str, Any]]:
+    """`Run.log_fields` of the run `run` refers to, without keeping that run alive."""
+
+    def fields() -> dict[str, Any]:
+        alive = run()
+        return {} if alive is None else alive.log_fields()
+
+    return fields
 
 
 class _Finished(Exception):

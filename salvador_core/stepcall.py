@@ -70,21 +70,7 @@ class StepThreads:
         for whatever the call raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        context = contextvars.copy_context()
-
-        def job() -> None:
-            try:
-                outcome: tuple[bool, Any] = (True, context.run(fn, ctx))
-            except BaseException as exc:  # the step's failure, whatever it is
-                outcome = (False, StepFailed(exc))
-            with self._lock:
-                self._busy.discard(future)
-                self._abandoned.discard(future)
-            try:
-                loop.call_soon_threadsafe(_resolve, future, outcome)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is waiting for this result any more
-
+        job = _Job(self, loop, future, contextvars.copy_context(), fn, ctx)
         with self._lock:
             self._busy.add(future)
             start = self._idle == 0
@@ -96,6 +82,18 @@ class StepThreads:
         if start:
             threading.Thread(target=self._serve, name=f"salvador-step-{self._threads}", daemon=True).start()
         return future
+
+    def finished(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: tuple[bool, Any]
+    ) -> None:
+        """A call's function has returned or raised (`outcome`): resolve its future."""
+        with self._lock:
+            self._busy.discard(future)
+            self._abandoned.discard(future)
+        try:
+            loop.call_soon_threadsafe(_resolve, future, outcome)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting for this result any more
 
     def abandon(self, future: asyncio.Future[Any]) -> int:
         """The call behind `future` goes on running in its thread though nobody waits for it
@@ -129,8 +127,49 @@ class StepThreads:
                         return
                 continue
             job()
+            job = None  # an idle thread must not keep the call's future (and its run) alive
             with self._lock:
                 self._idle += 1
+
+
+class _Job:
+    """One call for a thread: `fn(ctx)` in `context`, its outcome handed to `threads`.
+
+    What a failing step raised has the step's frame in its traceback, and that frame refers
+    to the frames that called it (`f_back`), this job's included: so this job lets go of
+    the future and the outcome once it has handed them over. Else the future (holding the
+    exception), the traceback and this frame would form a cycle, and the run up that
+    traceback would wait for the cycle collector instead of being freed when it ends."""
+
+    __slots__ = ("context", "ctx", "fn", "future", "loop", "threads")
+
+    def __init__(
+        self,
+        threads: StepThreads,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        context: contextvars.Context,
+        fn: StepFn,
+        ctx: StepContext,
+    ) -> None:
+        self.threads, self.loop = threads, loop
+        self.future: asyncio.Future[Any] | None = future
+        self.context, self.fn, self.ctx = context, fn, ctx
+
+    def __call__(self) -> None:
+        outcome = _outcome(self.context, self.fn, self.ctx)
+        future, self.future = self.future, None
+        assert future is not None, "a job runs once"
+        self.threads.finished(self.loop, future, outcome)
+        del future, outcome
+
+
+def _outcome(context: contextvars.Context, fn: StepFn, ctx: StepContext) -> tuple[bool, Any]:
+    """`(True, fn(ctx))`, or `(False, StepFailed(what it raised))`, whatever it raised."""
+    try:
+        return True, context.run(fn, ctx)
+    except BaseException as exc:  # the step's failure, whatever it is
+        return False, StepFailed(exc)
 
 
 def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -221,6 +260,9 @@ class StepCaller:
             raise StepFailed(exc) from None
         finally:
             self._future = None
+            # What `fut` raised holds this frame in its traceback, and `fut` holds it: a
+            # cycle that would keep the run (further up that traceback) for the collector.
+            del fut
 
     async def _await_here(self, fn: StepFn, ctx: StepContext) -> Any:
         self._in_step = True

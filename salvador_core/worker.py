@@ -174,11 +174,17 @@ class Worker:
             for _ in range(held - len(claims)):
                 slots.release()
             for claim in claims:
-                self.observer.claimed(claim)
-                run = Run(self.env, wf, claim)
-                handler = run.start()
-                self._runs[run] = handler
-                handler.add_done_callback(functools.partial(self._finished, run, slots))
+                self._start(wf, claim, slots)
+
+    def _start(self, wf: Workflow, claim: Claim, slots: asyncio.Semaphore) -> None:
+        """Run `claim` in a task of its own, which gives its slot back when it ends. (Not
+        inline in the claim loop: a local there would keep the last run alive until the
+        next claim.)"""
+        self.observer.claimed(claim)
+        run = Run(self.env, wf, claim)
+        handler = run.start()
+        self._runs[run] = handler
+        handler.add_done_callback(functools.partial(self._finished, run, slots))
 
     async def _claim(self, wf: Workflow, limit: int) -> list[Claim]:
         """Up to `limit` claims on `wf`'s tasks: one `claim_many` call when the backend
