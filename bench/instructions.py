@@ -144,11 +144,8 @@ def nats_missing() -> str | None:
         return "nats-py not installed"
 
     async def probe() -> None:
-        nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
-        try:
+        async with await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False) as nc:
             await nc.jetstream().account_info()
-        finally:
-            await nc.close()
 
     try:
         asyncio.run(probe())
