@@ -27,6 +27,7 @@ import inspect
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,11 +326,15 @@ class _AtOnce(asyncio.Queue):  # type: ignore[type-arg]
 
     def __init__(self, sub: Subscription, route: Callable[[Msg], None]) -> None:
         super().__init__()
-        self._sub = sub
+        # Weak: the subscription holds this queue, and a cycle would keep every finished
+        # pull's subscription, queue and route for the cycle collector.
+        self._sub = weakref.ref(sub)
         self._route = route
 
     def put_nowait(self, item: Msg) -> None:
-        self._sub._pending_size -= len(item.data)  # as the subscription's task would
+        sub = self._sub()
+        if sub is not None:
+            sub._pending_size -= len(item.data)  # as the subscription's task would
         try:
             self._route(item)
         except Exception:
