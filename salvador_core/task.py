@@ -419,11 +419,24 @@ def decode_task(raw: bytes | str, task_id: str = "?") -> Task:
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise CorruptRecordError(task_id, detail, raw_bytes) from None
+    head = _stored_head(raw_bytes, str(d["id"]), str(d["workflow"]), d["body"])
+    if head is not None:
+        state[_RECORD_HEAD] = head
     # Every field is set above, so the frozen dataclass's __init__ (one object.__setattr__
     # per field, on every read of every record) has nothing to add.
     task = object.__new__(Task)
     task.__dict__.update(state)
     return task
+
+
+def _stored_head(raw: bytes, task_id: str, workflow: str, body: str) -> bytes | None:
+    """The start of `raw` that `_record_head` would write for these fields, if `raw` starts
+    with exactly that (None otherwise: other key order, escapes, spacing): the first
+    checkpoint of a task just read then need not encode its body again. The bytes are the
+    record's own, so whatever they say reads back as the fields just decoded from them."""
+    head = f'{{"format":{RECORD_FORMAT},"id":"{task_id}","workflow":"{workflow}","body":"{body}",'
+    encoded = head.encode("utf-8", _ESCAPE)
+    return encoded if raw.startswith(encoded) else None
 
 
 def next_version(task: Task, after: int) -> Task:
