@@ -686,7 +686,6 @@ class NatsBackend:
         self._remember(stored.id, 1, 0, "")
         return stored
 
-
     async def _reserve_key(self, task: Task) -> str | Task:
         """The id under which `task` is to be stored, or the stored task holding its
         idempotency key. A key entry whose record is missing belongs to a producer that
